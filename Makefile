@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fasterbn-installed
+# torch and torchvision must match; these are the versions this project is tested with.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test docs bench export clean-nbs help
+help:
+	@echo "make demo   set up .venv, train on digits, fold, compare"
+	@echo "make test   set up .venv, check notebooks and package agree, run every test"
+	@echo "make docs   build the docs site into _docs/ and README.md (no Quarto needed)"
+	@echo "make bench  print the folding benchmark table"
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_PINS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fasterbn demo
+
+test: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH tools/check_sync.sh
+	PATH=$(CURDIR)/$(BIN):$$PATH nbdev-test
+	$(BIN)/python -m pytest -m "not notebook" -q
+
+docs: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH tools/docs.sh
+
+bench: $(STAMP)
+	$(BIN)/python tools/benchmark.py
+
+export: $(STAMP)
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
