@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch, torch.nn as nn, torch.fx as fx
 from fastcore.basics import store_attr
 from .fold_math import bn_affine, folded_params, new_parameter
-from .graph import (GraphFacts, Decision, trace, plan_folds, is_batchnorm, bn_replacement, _in_channels, _out_channels)
+from .graph import (GraphFacts, Decision, trace, plan_folds, is_batchnorm, is_fold_layer, bn_replacement, _in_channels, _out_channels)
 
 # %% auto #0
 __all__ = ['FoldRow', 'FoldReport', 'BN_Folder', 'randomize_bn', 'fold_error']
@@ -68,7 +68,9 @@ def _with_prefix(d: Decision, prefix: str) -> Decision:
     d.bn = prefix + d.bn
     return d
 
-def _contains_bn(m: nn.Module) -> bool: return any(is_batchnorm(x) for x in m.modules())
+def _needs_own_trace(m: nn.Module) -> bool:
+    "Does `m` hold a BatchNorm below it that only a trace rooted at `m` can reach?"
+    return not is_batchnorm(m) and not is_fold_layer(m) and any(is_batchnorm(x) for x in m.modules())
 
 def _first_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
@@ -140,14 +142,18 @@ def _plan(self: BN_Folder, model, example_inputs):
     top = GraphFacts(model, fx.Graph())   # sharing and aliasing across the whole model
     def visit(root, prefix, inputs):
         nonlocal recorder
-        try: graph = trace(root)
+        try:
+            if type(root).forward is nn.Module.forward: graph = None   # a ModuleList/ModuleDict: nothing to trace
+            else: graph = trace(root)
         except Exception as e:
             untraceable[prefix.rstrip('.')] = _first_line(e)
+            graph = None
+        if graph is None:
             if example_inputs is not None and recorder is None:
                 recorder = _Recorder(model, example_inputs)
                 if recorder.error: notes.append(f'example_inputs did not run through the model ({recorder.error}); children were folded without shapes')
             for name, child in root.named_children():
-                if _contains_bn(child): visit(child, f'{prefix}{name}.', recorder.inputs.get(f'{prefix}{name}') if recorder else None)
+                if _needs_own_trace(child): visit(child, f'{prefix}{name}.', recorder.inputs.get(f'{prefix}{name}') if recorder else None)
             return
         facts = GraphFacts(root, graph, inputs)
         if facts.shapes_error:
@@ -158,6 +164,9 @@ def _plan(self: BN_Folder, model, example_inputs):
             root_calls = recorder.calls[prefix.rstrip('.')]   # calls from outside the child make a module unfoldable
             for name, n in facts.calls.items(): facts.calls[name] = n if recorder.calls[prefix + name] == n * root_calls else -recorder.calls[prefix + name]
         decisions.extend(_with_prefix(d, prefix) for d in plan_folds(root, graph, facts, backward=self.backward))
+        opaque = dict.fromkeys(n.target for n in graph.nodes if n.op == 'call_module' and _needs_own_trace(facts.module(n)))
+        for target in opaque:   # modules the trace kept opaque (hooked ones) are folded inside, as roots of their own
+            visit(facts.modules[target], f'{prefix}{target}.', recorder.inputs.get(prefix + target) if recorder else None)
     visit(model, '', example_inputs)
     return decisions, untraceable, notes
 BN_Folder._plan = _plan

@@ -19,9 +19,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .fold_math import bn_affine
 
 # %% auto #0
-__all__ = ['is_batchnorm', 'is_fold_layer', 'overridden_methods', 'has_forward_hooks', 'HookedModuleError', 'FoldTracer', 'trace',
-           'GraphFacts', 'bn_replacement', 'bn_problem', 'layer_problem', 'is_eval_identity', 'flatten_start',
-           'describe', 'Part', 'Decision', 'plan_forward', 'plan_backward', 'plan_folds']
+__all__ = ['is_batchnorm', 'is_fold_layer', 'overridden_methods', 'has_forward_hooks', 'FoldTracer', 'trace', 'GraphFacts',
+           'bn_replacement', 'bn_problem', 'layer_problem', 'is_eval_identity', 'flatten_start', 'describe',
+           'value_users', 'Part', 'Decision', 'plan_forward', 'plan_backward', 'plan_folds']
 
 # %% ../nbs/01_graph.ipynb #ac906468
 def _frozen_bn_types() -> tuple:
@@ -51,18 +51,10 @@ def has_forward_hooks(m: nn.Module) -> bool:
     "Does `m` carry forward hooks or forward pre-hooks, which torch.fx would not record?"
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
-class HookedModuleError(RuntimeError):
-    "A module inside the traced region has forward hooks that torch.fx would skip."
-
 class FoldTracer(fx.Tracer):
-    "A torch.fx tracer that keeps every BatchNorm, Conv and Linear (subclasses too) as a leaf, and refuses hooked modules."
+    "A torch.fx tracer that keeps every BatchNorm, Conv and Linear (subclasses too), and every hooked module, as a leaf."
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_batchnorm(m) or is_fold_layer(m) or super().is_leaf_module(m, qualname)
-
-    def call_module(self, m, forward, args, kwargs):
-        if has_forward_hooks(m) and not self.is_leaf_module(m, ''):
-            raise HookedModuleError(f'`{self.path_of_module(m)}` ({type(m).__name__}) has forward hooks, which torch.fx does not trace')
-        return super().call_module(m, forward, args, kwargs)
+        return is_batchnorm(m) or is_fold_layer(m) or has_forward_hooks(m) or super().is_leaf_module(m, qualname)
 
 def trace(model: nn.Module) -> fx.Graph:
     "Trace `model` with `FoldTracer` (raises whatever fx raises for an untraceable forward)."
@@ -231,7 +223,16 @@ def describe(n, facts: GraphFacts) -> str:
     name = getattr(n.target, '__name__', str(n.target))
     return f'`{name}` (`{n.name}`)' if n.op == 'call_function' else f'`.{name}()` (`{n.name}`)'
 
-def _users(n: fx.Node, facts: GraphFacts) -> str: return ', '.join(describe(u, facts) for u in n.users)
+def value_users(n: fx.Node) -> list[fx.Node]:
+    "Users of `n` that read its values; `x.size()`, `x.shape`, `x.dim()` only read its shape, which no fold changes."
+    def shape_only(u):
+        return (u.op == 'call_method' and u.target in ('size', 'dim') or
+                u.op == 'call_function' and u.target is getattr and u.args[1] in ('shape', 'dtype', 'device', 'ndim'))
+    return [u for u in n.users if not shape_only(u)]
+
+def _users(n: fx.Node, facts: GraphFacts) -> str:
+    users = [describe(u, facts) for u in value_users(n)]
+    return ', '.join(users[:3]) + (f' and {len(users) - 3} more' if len(users) > 3 else '')
 
 # %% ../nbs/01_graph.ipynb #7a9e5e62
 @dataclass
@@ -259,7 +260,7 @@ class Decision:
 def _walk_up(n: fx.Node, facts: GraphFacts, via: set) -> tuple[fx.Node, str|None]:
     "From the node feeding a fold, go up through eval-identity ops; every node on the way must have a single user."
     while True:
-        if len(n.users) != 1: return n, f'the output of {describe(n, facts)} is also used by {_users(n, facts)}'
+        if len(value_users(n)) != 1: return n, f'the output of {describe(n, facts)} is also used by {_users(n, facts)}'
         if not is_eval_identity(n, facts): return n, None
         via.add('dropout' if 'ropout' in describe(n, facts) else 'identity'); n = n.args[0]
 
@@ -335,9 +336,10 @@ def plan_backward(bn_node: fx.Node, bn: nn.Module, facts: GraphFacts) -> Decisio
     c = bn.num_features if hasattr(bn, 'num_features') else bn.weight.numel()
     via, n, flat, offset, width = set(), bn_node, False, 0, None
     while True:
-        if len(n.users) != 1:
-            return 'its output is used by nothing' if not n.users else f'its output is used by several nodes: {_users(n, facts)}'
-        u = next(iter(n.users))
+        users = value_users(n)
+        if len(users) != 1:
+            return 'its output is used by nothing' if not users else f'its output is used by several nodes: {_users(n, facts)}'
+        u = users[0]
         if is_eval_identity(u, facts): via.add('dropout' if 'ropout' in describe(u, facts) else 'identity'); n = u; continue
         if flatten_start(u, facts) is not None and not flat and offset == 0 and width is None:
             if flatten_start(u, facts) != 1: return f'{describe(u, facts)} does not flatten from dim 1'
