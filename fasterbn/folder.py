@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch, torch.nn as nn, torch.fx as fx
 from fastcore.basics import store_attr
 from .fold_math import bn_affine, folded_params, new_parameter
-from .graph import (GraphFacts, Decision, trace, plan_folds, is_batchnorm, is_fold_layer, bn_replacement, _in_channels, _out_channels)
+from .graph import (GraphFacts, Decision, trace, plan_folds, tensor_sharing, is_batchnorm, is_fold_layer, bn_replacement, _in_channels, _out_channels)
 
 # %% auto #0
 __all__ = ['FoldRow', 'FoldReport', 'BN_Folder', 'randomize_bn', 'fold_error']
@@ -139,7 +139,7 @@ class BN_Folder:
 def _plan(self: BN_Folder, model, example_inputs):
     "Decisions for every traced BatchNorm, the untraceable modules, and notes."
     decisions, untraceable, notes, recorder = [], {}, [], None
-    top = GraphFacts(model, fx.Graph())   # sharing and aliasing across the whole model
+    sharing = tensor_sharing(model)   # tied weights and aliases across the whole model, not just one traced root
     def visit(root, prefix, inputs):
         nonlocal recorder
         try:
@@ -155,11 +155,10 @@ def _plan(self: BN_Folder, model, example_inputs):
             for name, child in root.named_children():
                 if _needs_own_trace(child): visit(child, f'{prefix}{name}.', recorder.inputs.get(f'{prefix}{name}') if recorder else None)
             return
-        facts = GraphFacts(root, graph, inputs)
+        facts = GraphFacts(root, graph, inputs, sharing)
         if facts.shapes_error:
             if not prefix: raise ValueError(f'example_inputs do not run through the model: {facts.shapes_error}')
             notes.append(f'shapes of `{prefix.rstrip(".")}` could not be propagated ({facts.shapes_error})')
-        facts.aliases, facts.shared = top.aliases, top.shared
         if prefix and recorder is not None and not recorder.error:
             root_calls = recorder.calls[prefix.rstrip('.')]   # calls from outside the child make a module unfoldable
             for name, n in facts.calls.items(): facts.calls[name] = n if recorder.calls[prefix + name] == n * root_calls else -recorder.calls[prefix + name]
@@ -285,6 +284,7 @@ def fold_error(original: nn.Module, # the unfolded model
     ref_model = copy.deepcopy(original).double().eval()
     ref = _flat_outputs(ref_model(*map(_to_double, inputs)))
     def err(m):
-        outs = _flat_outputs(m.eval()(*[x.to(next(m.parameters()).dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]))
+        dtype = next((t.dtype for t in [*m.parameters(), *m.buffers()] if t.is_floating_point()), torch.float32)
+        outs = _flat_outputs(m.eval()(*[x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]))
         return max(float((o.double() - r).abs().max()) for o, r in zip(outs, ref))
     return err(folded), err(original)

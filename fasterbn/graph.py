@@ -19,9 +19,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .fold_math import bn_affine
 
 # %% auto #0
-__all__ = ['is_batchnorm', 'is_fold_layer', 'overridden_methods', 'has_forward_hooks', 'FoldTracer', 'trace', 'GraphFacts',
-           'bn_replacement', 'bn_problem', 'layer_problem', 'is_eval_identity', 'flatten_start', 'describe',
-           'value_users', 'Part', 'Decision', 'plan_forward', 'plan_backward', 'plan_folds']
+__all__ = ['is_batchnorm', 'is_fold_layer', 'overridden_methods', 'has_forward_hooks', 'FoldTracer', 'trace', 'tensor_sharing',
+           'GraphFacts', 'bn_replacement', 'bn_problem', 'layer_problem', 'is_eval_identity', 'flatten_start',
+           'describe', 'value_users', 'Part', 'Decision', 'plan_forward', 'plan_backward', 'plan_folds']
 
 # %% ../nbs/01_graph.ipynb #ac906468
 def _frozen_bn_types() -> tuple:
@@ -64,33 +64,36 @@ def trace(model: nn.Module) -> fx.Graph:
 _ACTIVATIONS = tuple(c for c in vars(nn.modules.activation).values()
                      if isinstance(c, type) and issubclass(c, nn.Module) and c is not nn.MultiheadAttention)
 _RANK_KEEPING_FUNCS = {torch.relu, torch.sigmoid, torch.tanh, nn.functional.relu, nn.functional.gelu, nn.functional.silu,
-                       nn.functional.hardswish, nn.functional.relu6, nn.functional.leaky_relu, nn.functional.dropout,
-                       torch.sigmoid, operator.neg}
+                       nn.functional.hardswish, nn.functional.relu6, nn.functional.leaky_relu, nn.functional.dropout, operator.neg}
 _RANK_KEEPING_METHODS = {'relu', 'sigmoid', 'tanh', 'contiguous', 'float', 'half', 'to', 'clone', 'detach'}
 
 def _arg(node: fx.Node, i: int, name: str, default=None):
     "Argument `i` (or keyword `name`) of a call node."
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
+def tensor_sharing(model: nn.Module) -> tuple[Counter, set]:
+    "How many names each module is registered under, and the ids of parameters/buffers owned by more than one module."
+    aliases, owners = Counter(), defaultdict(set)
+    for _, m in model.named_modules(remove_duplicate=False):
+        aliases[id(m)] += 1
+        for t in [*m._parameters.values(), *m._buffers.values()]:
+            if t is not None: owners[id(t)].add(id(m))
+    return aliases, {tid for tid, o in owners.items() if len(o) > 1}
+
 class GraphFacts:
     "What the folding rules need to know about a traced `root`: modules, call sites, attribute reads, sharing, ranks."
     def __init__(self, root: nn.Module, # the module that was traced
                  graph: fx.Graph, # its graph from `trace`
                  example_inputs: tuple|None=None, # inputs to `root`, to propagate shapes (optional)
+                 sharing: tuple|None=None, # `tensor_sharing` of the whole model, when `root` is part of it
                 ):
         self.root, self.graph = root, graph
         self.modules = dict(root.named_modules())
         self.calls = Counter(n.target for n in graph.nodes if n.op == 'call_module')
         self.read_as_attr = {n.target.rpartition('.')[0] for n in graph.nodes if n.op == 'get_attr'}
-        self.aliases = Counter(id(m) for _, m in root.named_modules(remove_duplicate=False))
-        owners = defaultdict(set)
-        for prefix, m in root.named_modules(remove_duplicate=False):
-            for t in [*m._parameters.values(), *m._buffers.values()]:
-                if t is not None: owners[id(t)].add(id(m))
-        self.shared = {tid for tid, o in owners.items() if len(o) > 1}
-        self.shapes_error = None
+        self.aliases, self.shared = sharing or tensor_sharing(root)
+        self.shapes_error, self._ranks = None, {}
         if example_inputs is not None: self._propagate_shapes(example_inputs)
-        self._ranks = {}
 
     def _propagate_shapes(self, example_inputs):
         try:
@@ -112,17 +115,23 @@ class GraphFacts:
 
     def rank(self, node) -> int|None:
         "Number of dimensions of `node`'s value, from propagated shapes or static reasoning; None if unknown."
-        if not isinstance(node, fx.Node): return None
-        if (shape := self.shape(node)) is not None: return len(shape)
-        if node not in self._ranks: self._ranks[node] = self._static_rank(node)
-        return self._ranks[node]
+        chain = []   # walk up through rank-keeping ops iteratively: a deep MLP must not hit the recursion limit
+        while isinstance(node, fx.Node) and node not in self._ranks:
+            if (shape := self.shape(node)) is not None: self._ranks[node] = len(shape); break
+            rule = self._rank_rule(node)
+            if not isinstance(rule, fx.Node): self._ranks[node] = rule; break
+            chain.append(node); node = rule
+        known = self._ranks.get(node) if isinstance(node, fx.Node) else None
+        for n in chain: self._ranks[n] = known
+        return known
 
-    def _static_rank(self, n: fx.Node) -> int|None:
+    def _rank_rule(self, n: fx.Node):
+        "The rank of `n` as an int, or the node whose rank it keeps, or None if unknown."
         first = n.args[0] if n.args else None
         if n.op == 'call_module':
             m = self.module(n)
             if isinstance(m, nn.Flatten): return m.start_dim + 1 if m.end_dim == -1 and m.start_dim >= 0 else None
-            if isinstance(m, (nn.Linear, nn.Identity, _DropoutNd, _ACTIVATIONS)) or is_batchnorm(m): return self.rank(first)
+            if isinstance(m, (nn.Linear, nn.Identity, _DropoutNd, _ACTIVATIONS)) or is_batchnorm(m): return first
             return None
         if n.op == 'call_function' and n.target is torch.flatten or n.op == 'call_method' and n.target == 'flatten':
             start, end = _arg(n, 1, 'start_dim', 0), _arg(n, 2, 'end_dim', -1)
@@ -132,7 +141,7 @@ class GraphFacts:
             return len(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else len(dims) or None
         if n.op == 'call_function' and n.target is torch.reshape: return len(_arg(n, 1, 'shape', ()) or ()) or None
         if n.op == 'call_function' and n.target in _RANK_KEEPING_FUNCS or n.op == 'call_method' and n.target in _RANK_KEEPING_METHODS:
-            return self.rank(first)
+            return first
         return None
 
 # %% ../nbs/01_graph.ipynb #b9dbbae5
@@ -199,6 +208,10 @@ def is_eval_identity(n: fx.Node, facts: GraphFacts) -> bool:
         return _arg(n, 2, 'training', True) is False
     return False
 
+def _identity_kind(n: fx.Node, facts: GraphFacts) -> str:
+    "How an eval-identity op is named in the report's `via` column."
+    return 'identity' if isinstance(facts.module(n), nn.Identity) else 'dropout'
+
 def flatten_start(n: fx.Node, facts: GraphFacts) -> int|None:
     "If `n` flattens all dims from `start_dim` on (`nn.Flatten`, `torch.flatten`, `x.view(x.size(0), -1)`), that dim; else None."
     if n.op == 'call_module' and isinstance(m := facts.module(n), nn.Flatten): return m.start_dim if m.end_dim == -1 else None
@@ -262,7 +275,7 @@ def _walk_up(n: fx.Node, facts: GraphFacts, via: set) -> tuple[fx.Node, str|None
     while True:
         if len(value_users(n)) != 1: return n, f'the output of {describe(n, facts)} is also used by {_users(n, facts)}'
         if not is_eval_identity(n, facts): return n, None
-        via.add('dropout' if 'ropout' in describe(n, facts) else 'identity'); n = n.args[0]
+        via.add(_identity_kind(n, facts)); n = n.args[0]
 
 def _out_channels(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
@@ -304,6 +317,7 @@ def plan_forward(bn_node: fx.Node, bn: nn.Module, facts: GraphFacts) -> Decision
             got = _producer(piece, bn, facts, via)
             if isinstance(got, str): return f'across `cat`, piece {describe(piece, facts)}: {got}'
             parts.append(Part(got[0], 'out', torch.arange(start, start + got[1]))); start += got[1]
+        if len({p.layer for p in parts}) < len(parts): return 'the `cat` repeats the output of one layer: its channels would need two different scales'
         if start != c: return f'the `cat` has {start} channels, the BatchNorm {c}'
         return Decision(bn_node.target, parts, 'forward', ', '.join(sorted(via | {'cat'})))
     if _is_add(src):
@@ -340,13 +354,14 @@ def plan_backward(bn_node: fx.Node, bn: nn.Module, facts: GraphFacts) -> Decisio
         if len(users) != 1:
             return 'its output is used by nothing' if not users else f'its output is used by several nodes: {_users(n, facts)}'
         u = users[0]
-        if is_eval_identity(u, facts): via.add('dropout' if 'ropout' in describe(u, facts) else 'identity'); n = u; continue
+        if is_eval_identity(u, facts): via.add(_identity_kind(u, facts)); n = u; continue
         if flatten_start(u, facts) is not None and not flat and offset == 0 and width is None:
             if flatten_start(u, facts) != 1: return f'{describe(u, facts)} does not flatten from dim 1'
             flat = True; via.add('flatten'); n = u; continue
         if _is_cat(u) and width is None and not flat:
             if _channel_dim(u, facts) != 1 or n not in u.args[0]: return f'`cat` of {describe(u, facts)} is not along channels'
-            pieces = u.args[0]
+            pieces = list(u.args[0])
+            if pieces.count(n) != 1: return f'{describe(u, facts)} uses its output {pieces.count(n)} times'
             sizes = [_known_channels(p, facts) for p in pieces]
             if None in sizes[:pieces.index(n)]: return f'cannot tell the channel offset inside {describe(u, facts)}: pass example_inputs'
             offset, width = sum(sizes[:pieces.index(n)]), sum(s for s in sizes if s is not None) if None not in sizes else None
@@ -397,5 +412,8 @@ def plan_folds(root: nn.Module, # the traced module
         bwd = plan_backward(node, bn, facts) if backward and not overridden_methods(bn) else None
         if isinstance(bwd, Decision): decisions.append(bwd); continue
         reason = f'forward: {fwd}' + (f'; backward: {bwd}' if bwd else '')
+        if not any(k in reason for k in ('example_inputs', 'sites', 'shares', 'parametrization', 'hooks', 'redefines', 'pads with zeros', 'ConvTranspose')):
+            reason += ('. To fold it, put it right after a Conv/Linear whose output nothing else reads' +
+                       (', or right before one that alone reads it' if backward else ''))
         decisions.append(Decision(node.target, reason=reason))
     return decisions

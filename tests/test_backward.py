@@ -113,3 +113,15 @@ def test_add_with_skip_is_refused():
         def forward(self, x): return self.bn(self.a(x) + x)
     _, report = fold_and_check(M(), x4)
     assert not report['bn'].folded
+
+def test_cat_repeating_one_tensor():
+    class Fwd(nn.Module):
+        def __init__(self): super().__init__(); self.a, self.bn = nn.Conv2d(4, 3, 1), nn.BatchNorm2d(6)
+        def forward(self, x): y = self.a(x); return self.bn(torch.cat([y, y], 1))
+    class Bwd(nn.Module):
+        def __init__(self): super().__init__(); self.bn, self.lin = nn.BatchNorm1d(4), nn.Linear(8, 2)
+        def forward(self, x): y = self.bn(torch.relu(x)); return self.lin(torch.cat([y, y], 1))
+    _, report = fold_and_check(Fwd(), x4)
+    assert not report['bn'].folded
+    _, report = fold_and_check(Bwd(), torch.randn(5, 4))
+    assert not report['bn'].folded
