@@ -201,11 +201,12 @@ def _compute(self: BN_Folder, model, decisions):
             if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()): bad = name; break
             updates[name] = (weight, bias)
         if bad is None: return updates
-        dtype = model.get_submodule(bad).weight.dtype
+        layer = model.get_submodule(bad)
+        own_finite = all(torch.isfinite(p).all() for p in (layer.weight, layer.bias) if p is not None)
+        why = (f'the folded weights of `{bad}` overflow {layer.weight.dtype}: fold in float32, then cast' if own_finite
+               else f'`{bad}` has non-finite weights')
         for d in decisions:
-            if bad in d.layers:
-                d.reason = f'the folded weights of `{bad}` overflow {dtype}: fold in float32, then cast'
-                d.parts = []
+            if bad in d.layers: d.reason, d.parts = why, []
 BN_Folder._compute = _compute
 
 # %% ../nbs/02_folder.ipynb #bb405943

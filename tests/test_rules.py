@@ -212,3 +212,15 @@ def test_child_layer_also_called_by_untraceable_parent_is_not_folded():
             return self.block(x) + self.block[0](x)   # the conv is also used outside its block
     _, report = fold_and_check(Sneaky(), x4)
     assert not report['block.1'].folded
+
+def test_deep_chain_has_no_recursion_limit():
+    layers = [nn.Flatten()]
+    for _ in range(1200): layers += [nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU()]
+    f = BN_Folder(); f.fold(nn.Sequential(*layers).eval())
+    assert f.report.n_folded == 1200
+
+def test_wrappers_are_looked_through():
+    inner = randomize_bn(nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))).eval()
+    folded = BN_Folder().fold(nn.DataParallel(inner))
+    assert isinstance(folded, nn.Sequential) and isinstance(folded[1], nn.Identity) and isinstance(inner[1], nn.BatchNorm2d)
+    torch.testing.assert_close(folded(x4), inner(x4), rtol=1e-5, atol=1e-5)
