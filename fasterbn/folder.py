@@ -156,13 +156,14 @@ def _plan(self: BN_Folder, model, example_inputs):
                 if _needs_own_trace(child): visit(child, f'{prefix}{name}.', recorder.inputs.get(f'{prefix}{name}') if recorder else None)
             return
         facts = GraphFacts(root, graph, inputs, sharing)
-        if facts.shapes_error:
-            if not prefix: raise ValueError(f'example_inputs do not run through the model: {facts.shapes_error}')
-            notes.append(f'shapes of `{prefix.rstrip(".")}` could not be propagated ({facts.shapes_error})')
         if prefix and recorder is not None and not recorder.error:
             root_calls = recorder.calls[prefix.rstrip('.')]   # calls from outside the child make a module unfoldable
             for name, n in facts.calls.items(): facts.calls[name] = n if recorder.calls[prefix + name] == n * root_calls else -recorder.calls[prefix + name]
-        decisions.extend(_with_prefix(d, prefix) for d in plan_folds(root, graph, facts, backward=self.backward))
+        planned = plan_folds(root, graph, facts, backward=self.backward)
+        if facts.shapes_error:   # inputs run only when a rule needed a shape
+            if not prefix: raise ValueError(f'example_inputs do not run through the model: {facts.shapes_error}')
+            notes.append(f'shapes of `{prefix.rstrip(".")}` could not be propagated ({facts.shapes_error})')
+        decisions.extend(_with_prefix(d, prefix) for d in planned)
         opaque = dict.fromkeys(n.target for n in graph.nodes if n.op == 'call_module' and _needs_own_trace(facts.module(n)))
         for target in opaque:   # modules the trace kept opaque (hooked ones) are folded inside, as roots of their own
             visit(facts.modules[target], f'{prefix}{target}.', recorder.inputs.get(prefix + target) if recorder else None)

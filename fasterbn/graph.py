@@ -84,7 +84,7 @@ class GraphFacts:
     "What the folding rules need to know about a traced `root`: modules, call sites, attribute reads, sharing, ranks."
     def __init__(self, root: nn.Module, # the module that was traced
                  graph: fx.Graph, # its graph from `trace`
-                 example_inputs: tuple|None=None, # inputs to `root`, to propagate shapes (optional)
+                 example_inputs: tuple|None=None, # inputs to `root`, run only if a rule needs a shape (optional)
                  sharing: tuple|None=None, # `tensor_sharing` of the whole model, when `root` is part of it
                 ):
         self.root, self.graph = root, graph
@@ -92,12 +92,13 @@ class GraphFacts:
         self.calls = Counter(n.target for n in graph.nodes if n.op == 'call_module')
         self.read_as_attr = {n.target.rpartition('.')[0] for n in graph.nodes if n.op == 'get_attr'}
         self.aliases, self.shared = sharing or tensor_sharing(root)
-        self.shapes_error, self._ranks = None, {}
-        if example_inputs is not None: self._propagate_shapes(example_inputs)
+        self.example_inputs, self.shapes_error, self._ranks = example_inputs, None, {}
 
-    def _propagate_shapes(self, example_inputs):
+    def _propagate_shapes(self):
+        "Run `example_inputs` through the graph once, recording each node's shape (or the error)."
+        inputs, self.example_inputs = self.example_inputs, None
         try:
-            with torch.no_grad(): ShapeProp(fx.GraphModule(self.root, self.graph)).propagate(*example_inputs)
+            with torch.no_grad(): ShapeProp(fx.GraphModule(self.root, self.graph)).propagate(*inputs)
         except Exception as e: self.shapes_error = f'{type(e).__name__}: {e}'.splitlines()[0]
 
     def module(self, node: fx.Node) -> nn.Module|None:
@@ -109,15 +110,21 @@ class GraphFacts:
         return any(id(t) in self.shared for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)
 
     def shape(self, node) -> torch.Size|None:
-        "The shape of `node`'s value, if shapes were propagated."
-        meta = node.meta.get('tensor_meta') if isinstance(node, fx.Node) else None
+        "The shape of `node`'s value, propagating `example_inputs` on first use; None without them."
+        if not isinstance(node, fx.Node): return None
+        if self.example_inputs is not None: self._propagate_shapes()
+        meta = node.meta.get('tensor_meta')
         return getattr(meta, 'shape', None)
 
     def rank(self, node) -> int|None:
-        "Number of dimensions of `node`'s value, from propagated shapes or static reasoning; None if unknown."
+        "Number of dimensions of `node`'s value, from static reasoning or else propagated shapes; None if unknown."
+        if (r := self.static_rank(node)) is not None: return r
+        return len(shape) if (shape := self.shape(node)) is not None else None
+
+    def static_rank(self, node) -> int|None:
+        "Number of dimensions of `node`'s value that follows from the graph alone; None if unknown."
         chain = []   # walk up through rank-keeping ops iteratively: a deep MLP must not hit the recursion limit
         while isinstance(node, fx.Node) and node not in self._ranks:
-            if (shape := self.shape(node)) is not None: self._ranks[node] = len(shape); break
             rule = self._rank_rule(node)
             if not isinstance(rule, fx.Node): self._ranks[node] = rule; break
             chain.append(node); node = rule
@@ -332,14 +339,15 @@ def plan_forward(bn_node: fx.Node, bn: nn.Module, facts: GraphFacts) -> Decision
 
 # %% ../nbs/01_graph.ipynb #6a6eee20
 def _known_channels(n: fx.Node, facts: GraphFacts) -> int|None:
-    "Channels (dim 1) of `n`'s value, from shapes or from the module that produced it."
-    if (shape := facts.shape(n)) is not None: return shape[1] if len(shape) > 1 else None
-    while is_eval_identity(n, facts): n = n.args[0]
-    m = facts.module(n)
+    "Channels (dim 1) of `n`'s value, from the module that produced it, or else from shapes."
+    node = n
+    while is_eval_identity(node, facts): node = node.args[0]
+    m = facts.module(node)
     if m is not None and is_batchnorm(m): return m.num_features if hasattr(m, 'num_features') else m.weight.numel()
     if isinstance(m, _ConvNd): return m.out_channels
-    if isinstance(m, nn.Linear) and facts.rank(n) == 2: return m.out_features
-    return None
+    if isinstance(m, nn.Linear) and facts.static_rank(node) == 2: return m.out_features
+    shape = facts.shape(n)
+    return shape[1] if shape is not None and len(shape) > 1 else None
 
 def _zero_padding(conv: nn.Module) -> bool:
     "Does `conv` pad with zeros somewhere?"

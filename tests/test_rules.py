@@ -141,7 +141,7 @@ def test_training_mode_model_is_folded_as_eval_and_returned_in_eval():
 def test_not_a_module_and_bad_inputs():
     with pytest.raises(TypeError, match='needs an nn.Module'): BN_Folder().fold(lambda x: x)
     with pytest.raises(ValueError, match='example_inputs'):
-        BN_Folder().fold(nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)), example_inputs=torch.randn(1, 3, 5, 5))
+        BN_Folder().fold(nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)), example_inputs=torch.randn(1, 3))
 
 # ---- dtypes, memory formats --------------------------------------------------------------------------
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
