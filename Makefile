@@ -11,7 +11,7 @@ help:
 	@echo "make demo   set up .venv, train on digits, fold, compare"
 	@echo "make test   set up .venv, check notebooks and package agree, run every test"
 	@echo "make docs   build the docs site into _docs/ and README.md (no Quarto needed)"
-	@echo "make bench  print the folding benchmark table"
+	@echo "make bench  print the folding benchmark table, write bench/results.md and nbs/images/benchmark.png"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ docs: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH tools/docs.sh
 
 bench: $(STAMP)
+	$(BIN)/python -c "import fasterai" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]" $(TORCH_PINS) || echo "fasterai could not be installed: its rows will say so"
 	$(BIN)/python tools/benchmark.py
 
 export: $(STAMP)

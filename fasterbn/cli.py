@@ -6,7 +6,7 @@ Docs: https://fasterbn.github.io/fasterbn/cli.html.md"""
 
 # %% ../nbs/04_cli.ipynb #4be0a2a7
 from __future__ import annotations
-import argparse, difflib, os, pickle, statistics, sys, time
+import argparse, difflib, os, pickle, statistics, sys, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn as nn
@@ -282,6 +282,7 @@ def _bench_cmd(argv: list[str], console: Console) -> int:
     return bench_main(argv, prog='fasterbn bench')
 
 def _demo_cmd(args, console: Console) -> int:
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # fastai's import, on torch 2.14: not ours to fix
     try: from fasterbn.demo import run_demo
     except ImportError as e: raise CLIError(f'the demo is not available ({e}): it lives in fasterbn.demo, from nbs/05_demo.ipynb') from None
     run_demo()
