@@ -11,13 +11,13 @@ from pathlib import Path
 import torch, torch.nn as nn
 from rich.console import Console
 from rich.progress import Progress, TextColumn, BarColumn, MofNCompleteColumn, TimeElapsedColumn
-from .folder import BN_Folder, randomize_bn, _flat_outputs, _to_double, _first_line
+from .folder import BN_Folder, randomize_bn, interleaved_times, latency_ratio, _flat_outputs, _to_double, _first_line
 from .graph import is_batchnorm
 
 # %% auto #0
 __all__ = ['TORCHVISION_MODELS', 'FASTAI_MODELS', 'DEFAULT_MODELS', 'QUICK_MODELS', 'TOOLS', 'make_model', 'count_bn',
-           'fasterai_available', 'interleaved_times', 'latency_ratio', 'run_bench', 'format_table', 'write_results',
-           'read_results', 'summary_table', 'plot_bench', 'bench_main']
+           'fasterai_available', 'run_bench', 'format_table', 'write_results', 'read_results', 'summary_table',
+           'plot_bench', 'bench_main']
 
 # %% ../nbs/06_benchmark.ipynb #c765c6da
 TORCHVISION_MODELS = ['resnet18', 'resnet50', 'mobilenet_v2', 'efficientnet_b0', 'densenet121']
@@ -99,35 +99,7 @@ def _fold_fasterai(model, inputs):
 TOOLS = {'fasterbn': _fold_fasterbn(True), 'fasterbn forward-only': _fold_fasterbn(False),
          'torch.fx fuse': _fold_fx_fuse, 'quantize_fx.fuse_fx': _fold_fuse_fx, 'fasterai BN_Folder': _fold_fasterai}
 
-# %% ../nbs/06_benchmark.ipynb #aebcd2bb
-@torch.inference_mode()
-def interleaved_times(models: dict, # name -> model, all taking `inputs`
-                      inputs: tuple, # the inputs of one forward call
-                      repeats: int=7, # timings per model
-                      warmup: int=2, # untimed calls per model first
-                      min_time: float=0.05, # seconds one timing should last at least (several calls when a call is fast)
-                     ) -> dict: # name -> list of seconds per call, one per repeat
-    "Forward times of each model, timed in a rotating interleaved order."
-    names, slowest = list(models), 0.
-    for n in names:
-        for _ in range(warmup): models[n](*inputs)
-        t0 = time.perf_counter(); models[n](*inputs); slowest = max(slowest, time.perf_counter() - t0)   # a warm call, to size the timings
-    calls = max(1, math.ceil(min_time / max(slowest, 1e-6)))
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(calls): models[n](*inputs)
-            times[n].append((time.perf_counter() - t0) / calls)
-    return times
-
-def latency_ratio(times: list, # seconds per repeat of the folded model (from `interleaved_times`)
-                  base: list, # seconds per repeat of the unfolded model, same repeats
-                 ) -> float: # median over repeats of times / base
-    "Median of the per-repeat ratios of two interleaved timing series."
-    return statistics.median(t / b for t, b in zip(times, base))
-
-# %% ../nbs/06_benchmark.ipynb #5e5bbd8e
+# %% ../nbs/06_benchmark.ipynb #d8ff3eac
 def _rel_err(model, inputs, ref) -> float:
     with torch.inference_mode(): out = _flat_outputs(model(*inputs))
     scale = max(float(r.abs().max()) for r in ref) or 1.
@@ -198,7 +170,7 @@ def run_bench(models: list|None=None, # model names (see `make_model`); default 
             bar.advance(task)
     return rows
 
-# %% ../nbs/06_benchmark.ipynb #73f1ba15
+# %% ../nbs/06_benchmark.ipynb #5e5bbd8e
 def _fmt(v, spec):
     return '—' if v is None else format(v, spec)
 
@@ -216,7 +188,7 @@ def format_table(rows: list[dict], # as returned by `run_bench`
         lines.append('| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |')
     return '\n'.join(lines)
 
-# %% ../nbs/06_benchmark.ipynb #333903bc
+# %% ../nbs/06_benchmark.ipynb #75bc352e
 def _versions() -> str:
     out = [f'torch {torch.__version__}']
     for pkg in ('torchvision', 'fastai', 'fasterai'):
@@ -255,7 +227,7 @@ All numbers come from this one run. The latency ratios are measured **side by si
     path.write_text(text)
     return path
 
-# %% ../nbs/06_benchmark.ipynb #697ac7ab
+# %% ../nbs/06_benchmark.ipynb #b3037b90
 def read_results(path: str|Path='bench/results.md', # a results file written by `write_results`
                 ) -> list[dict]: # one dict per table row, keyed by the table's column headers
     "The rows of the table in a results file, as strings."
@@ -283,7 +255,7 @@ def summary_table(rows: list[dict], # from `read_results`
         lines.append(f'| {m} | ' + ' | '.join(cell(m, t) for t in _SHORT) + f" | {fb.get('rel. error vs fp64', '—')} | {lat} |")
     return '\n'.join(lines)
 
-# %% ../nbs/06_benchmark.ipynb #debebd84
+# %% ../nbs/06_benchmark.ipynb #333903bc
 def plot_bench(rows: list[dict], # as returned by `run_bench`
                path: str|Path|None=None, # save the figure there (PNG) if given
                exact_tol: float=1e-3, # relative error above which a tool's bar is hatched as "output changed"
@@ -332,7 +304,7 @@ def plot_bench(rows: list[dict], # as returned by `run_bench`
         fig.savefig(path, dpi=110)
     return fig
 
-# %% ../nbs/06_benchmark.ipynb #24a9003f
+# %% ../nbs/06_benchmark.ipynb #1595745b
 def bench_main(argv: list|None=None, # command-line arguments (default `sys.argv[1:]`)
                root: str|Path='.', # project root, for the default output paths
                prog: str='python tools/benchmark.py', # the command, as written into the results file

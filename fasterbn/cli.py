@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from . import __version__
-from .folder import BN_Folder, FoldReport, randomize_bn, fold_error
+from .folder import BN_Folder, FoldReport, randomize_bn, fold_error, interleaved_times, latency_ratio
 from .graph import bn_replacement
 
 # %% auto #0
 __all__ = ['FOLDED_FORMAT', 'CLIError', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'save_folded', 'load_folded',
-           'report_table', 'max_difference', 'median_latency', 'fold_cmd', 'main']
+           'report_table', 'max_difference', 'fold_cmd', 'main']
 
 # %% ../nbs/04_cli.ipynb #812b0ef2
 class CLIError(Exception):
@@ -196,18 +196,6 @@ def max_difference(a: nn.Module, # one model
     with torch.no_grad(): oa, ob = _flat_outputs(a(x)), _flat_outputs(b(x))
     return (max(float((p - q).abs().max()) for p, q in zip(oa, ob)), max(float(p.abs().max()) for p in oa))
 
-def median_latency(model: nn.Module, # the model, in eval mode
-                   x: torch.Tensor, # its input
-                   repeats: int=20, # timed runs (after 3 warm-up runs)
-                  ) -> float: # seconds
-    "Median wall time of one forward pass without autograd."
-    with torch.inference_mode():
-        for _ in range(3): model(x)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter(); model(x); ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
 # %% ../nbs/04_cli.ipynb #eed8e7b2
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fasterbn', description='Fold BatchNorm layers into neighbouring Conv/Linear layers, exactly.')
@@ -264,13 +252,10 @@ def fold_cmd(args: argparse.Namespace, # parsed `fold` arguments
             return 1
     if args.bench:
         if args.repeats < 1: raise CLIError('--repeats must be at least 1')
-        t_orig, t_fold_ = [], []
-        for _ in range(3):   # interleave, to spread drift over both
-            t_orig.append(median_latency(ld.model, x, max(1, args.repeats // 3)))
-            t_fold_.append(median_latency(folded, x, max(1, args.repeats // 3)))
-        a, b = statistics.median(t_orig), statistics.median(t_fold_)
+        times = interleaved_times({'original': ld.model, 'folded': folded}, (x,), repeats=args.repeats)
+        a, b = statistics.median(times['original']), statistics.median(times['folded'])
         console.print(f'latency (median, input {tuple(shape)}, {torch.get_num_threads()} threads): original {a*1e3:.2f} ms, '
-                      f'folded {b*1e3:.2f} ms, ratio folded/original {b/a:.2f}', highlight=False, soft_wrap=True)
+                      f'folded {b*1e3:.2f} ms, ratio folded/original {latency_ratio(times["folded"], times["original"]):.2f}', highlight=False, soft_wrap=True)
     what = save_folded(ld, folded, folder.report, args.out)
     console.print(escape(f'wrote {args.out}: {what}'), highlight=False, soft_wrap=True)
     return status

@@ -20,9 +20,10 @@ from fastai.torch_core import set_seed
 import fastai.callback.progress   # Learner.no_bar
 import fastai.callback.schedule   # Learner.fit_one_cycle
 from .callback import BNFoldCallback
+from .folder import interleaved_times
 
 # %% auto #0
-__all__ = ['digits_dls', 'digits_cnn', 'latencies', 'run_demo']
+__all__ = ['digits_dls', 'digits_cnn', 'run_demo']
 
 # %% ../nbs/05_demo.ipynb #8fe2b0f9
 def digits_dls(bs: int=64, # batch size
@@ -52,24 +53,7 @@ def digits_cnn(width: int=32, # channels of the first block; later blocks have t
                          *_conv_bn(w, 2*w), *_conv_bn(2*w, 2*w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.BatchNorm1d(2*w), nn.Dropout(.25), nn.Linear(2*w, n_out))
 
-# %% ../nbs/05_demo.ipynb #f073f549
-@torch.inference_mode()
-def latencies(models: dict, # name -> model, each called on `x`
-              x: torch.Tensor, # one input batch
-              repeats: int=100, # timed calls per model
-              warmup: int=10, # untimed calls per model first
-             ) -> dict: # name -> median seconds per call
-    "Median wall time of one call of each model on `x`, the models timed in alternation."
-    for m in models.values(): m.eval()
-    for _ in range(warmup):
-        for m in models.values(): m(x)
-    times = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t = time.perf_counter(); m(x); times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-# %% ../nbs/05_demo.ipynb #ae7b647d
+# %% ../nbs/05_demo.ipynb #843a5d3f
 class _KeepUnfolded(Callback):
     "Keeps a copy of `learn.model` right before `BNFoldCallback` folds it."
     order = BNFoldCallback.order - 1
@@ -123,8 +107,8 @@ def run_demo(epochs: int=5, # training epochs (one cycle)
         with torch.inference_mode(): max_diff = float((folded.eval()(xv) - unfolded.eval()(xv)).abs().max())
         lat = {}
         for bs in batch_sizes:
-            t = latencies({'before': unfolded, 'after': folded}, xv[:bs], repeats=repeats)
-            lat[bs] = (t['before'], t['after'])
+            t = interleaved_times({'before': unfolded.eval(), 'after': folded.eval()}, (xv[:bs],), repeats=repeats, warmup=10, min_time=0)
+            lat[bs] = (statistics.median(t['before']), statistics.median(t['after']))
         out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
         report, n_threads = learn.fold_report, torch.get_num_threads()
         res = dict(epochs=epochs, train_s=train_s, loss_before=float(loss_before), loss_after=float(loss_after),

@@ -6,7 +6,7 @@ Docs: https://fasterbn.github.io/fasterbn/folder.html.md"""
 
 # %% ../nbs/02_folder.ipynb #a7698ee2
 from __future__ import annotations
-import copy, warnings
+import copy, math, statistics, time, warnings
 from collections import defaultdict
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.fx as fx
@@ -15,7 +15,7 @@ from .fold_math import bn_affine, folded_params, new_parameter
 from .graph import (GraphFacts, Decision, trace, plan_folds, tensor_sharing, is_batchnorm, is_fold_layer, bn_replacement, _in_channels, _out_channels)
 
 # %% auto #0
-__all__ = ['FoldRow', 'FoldReport', 'BN_Folder', 'randomize_bn', 'fold_error']
+__all__ = ['FoldRow', 'FoldReport', 'BN_Folder', 'randomize_bn', 'fold_error', 'interleaved_times', 'latency_ratio']
 
 # %% ../nbs/02_folder.ipynb #4e1534cc
 @dataclass
@@ -290,3 +290,31 @@ def fold_error(original: nn.Module, # the unfolded model
         outs = _flat_outputs(m.eval()(*[x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]))
         return max(float((o.double() - r).abs().max()) for o, r in zip(outs, ref))
     return err(folded), err(original)
+
+# %% ../nbs/02_folder.ipynb #e1f6cc8b
+@torch.inference_mode()
+def interleaved_times(models: dict, # name -> model, all taking `inputs`
+                      inputs: tuple, # the inputs of one forward call
+                      repeats: int=7, # timings per model
+                      warmup: int=2, # untimed calls per model first
+                      min_time: float=0.05, # seconds one timing should last at least (several calls when a call is fast)
+                     ) -> dict: # name -> list of seconds per call, one per repeat
+    "Forward times of each model, timed in a rotating interleaved order."
+    names, slowest = list(models), 0.
+    for n in names:
+        for _ in range(warmup): models[n](*inputs)
+        t0 = time.perf_counter(); models[n](*inputs); slowest = max(slowest, time.perf_counter() - t0)   # a warm call, to size the timings
+    calls = max(1, math.ceil(min_time / max(slowest, 1e-6)))
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(calls): models[n](*inputs)
+            times[n].append((time.perf_counter() - t0) / calls)
+    return times
+
+def latency_ratio(times: list, # seconds per repeat of the folded model (from `interleaved_times`)
+                  base: list, # seconds per repeat of the unfolded model, same repeats
+                 ) -> float: # median over repeats of times / base
+    "Median of the per-repeat ratios of two interleaved timing series."
+    return statistics.median(t / b for t, b in zip(times, base))
