@@ -10,7 +10,7 @@ import copy, math, statistics, time, warnings
 from collections import defaultdict
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.fx as fx
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from .fold_math import bn_affine, folded_params, new_parameter
 from .graph import (GraphFacts, Decision, trace, plan_folds, tensor_sharing, is_batchnorm, is_fold_layer, bn_replacement, _in_channels, _out_channels)
 
@@ -135,6 +135,7 @@ class BN_Folder:
         return work
 
 # %% ../nbs/02_folder.ipynb #3bb24e2f
+@patch
 @torch.no_grad()
 def _plan(self: BN_Folder, model, example_inputs):
     "Decisions for every traced BatchNorm, the untraceable modules, and notes."
@@ -169,10 +170,10 @@ def _plan(self: BN_Folder, model, example_inputs):
             visit(facts.modules[target], f'{prefix}{target}.', recorder.inputs.get(prefix + target) if recorder else None)
     visit(model, '', example_inputs)
     return decisions, untraceable, notes
-BN_Folder._plan = _plan
 
 # %% ../nbs/02_folder.ipynb #13ae5997
-def _side_vectors(parts, bns, n):
+def _side_vectors(parts, n):
+    "Per-channel (s, t) over `n` channels of one side of a layer, identity where no part acts."
     s, t, owner = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), torch.full((n,), -1)
     for p, (bs, bt) in parts:
         m = p.channel_map >= 0
@@ -182,6 +183,7 @@ def _side_vectors(parts, bns, n):
         if p.shift: t[m] = bt[p.channel_map[m]]
     return s, t
 
+@patch
 def _compute(self: BN_Folder, model, decisions):
     "New (weight, bias) Parameters of every layer that takes a fold; cancels folds whose cast overflows."
     while True:
@@ -194,8 +196,8 @@ def _compute(self: BN_Folder, model, decisions):
         for name, parts in by_layer.items():
             layer = model.get_submodule(name)
             ins, outs = [x for x in parts if x[0].side == 'in'], [x for x in parts if x[0].side == 'out']
-            s_in, t_in = _side_vectors(ins, None, _in_channels(layer)) if ins else (None, None)
-            s_out, t_out = _side_vectors(outs, None, _out_channels(layer)) if outs else (None, None)
+            s_in, t_in = _side_vectors(ins, _in_channels(layer)) if ins else (None, None)
+            s_out, t_out = _side_vectors(outs, _out_channels(layer)) if outs else (None, None)
             w, b = folded_params(layer, s_in, t_in, s_out, t_out)
             weight = new_parameter(w, layer.weight)
             bias = new_parameter(b, layer.bias) if layer.bias is not None else new_parameter(b, layer.weight, shape=b.shape)
@@ -208,9 +210,9 @@ def _compute(self: BN_Folder, model, decisions):
                else f'`{bad}` has non-finite weights')
         for d in decisions:
             if bad in d.layers: d.reason, d.parts = why, []
-BN_Folder._compute = _compute
 
 # %% ../nbs/02_folder.ipynb #bb405943
+@patch
 def _apply(self: BN_Folder, model, decisions, updates):
     "Write the new Parameters and replace folded BatchNorms; undo everything if any step fails."
     journal = []   # (module, attribute, old value), to undo in reverse
@@ -231,8 +233,8 @@ def _apply(self: BN_Folder, model, decisions, updates):
             if attr in module._parameters or old is None: module._parameters[attr] = old
             else: setattr(module, attr, old)
         raise
-BN_Folder._apply = _apply
 
+@patch
 def _report(self: BN_Folder, model, decisions, untraceable, notes):
     "One row per BatchNorm module of the original model, in model order."
     by_bn = {d.bn: d for d in decisions}
@@ -248,7 +250,6 @@ def _report(self: BN_Folder, model, decisions, untraceable, notes):
             elif d.folded: rows.append(FoldRow(name, True, ', '.join(dict.fromkeys(d.layers)), d.direction, d.via))
             else: rows.append(FoldRow(name, False, reason=d.reason))
     return FoldReport(rows, untraceable, notes)
-BN_Folder._report = _report
 
 # %% ../nbs/02_folder.ipynb #5e2f7d43
 @torch.no_grad()
