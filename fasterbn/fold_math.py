@@ -81,3 +81,50 @@ def new_parameter(value: Tensor, # the new values (any dtype)
     "A new `Parameter` holding `value` in `like`'s dtype, device, memory format and `requires_grad`."
     ref = like if shape is None else like.new_empty(shape)
     return nn.Parameter(cast_like(ref, value), requires_grad=like.requires_grad)
+
+# %% fast path
+def _own_index(layer: nn.Module, w: Tensor) -> Tensor:
+    "For each (dim 0, dim 1) weight index in the layer's own layout, the channel on the other side: input channel (Conv, Linear) or output channel (ConvTranspose)."
+    d0, d1, g = w.shape[0], w.shape[1], getattr(layer, 'groups', 1)
+    return (torch.arange(d0) // (d0 // g) * d1).unsqueeze(1) + torch.arange(d1)
+
+def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
+               s_in: Tensor|None=None, # per-input-channel scale of an affine map before the layer (float64)
+               t_in: Tensor|None=None, # per-input-channel shift before the layer
+               s_out: Tensor|None=None, # per-output-channel scale after the layer
+               t_out: Tensor|None=None, # per-output-channel shift after the layer
+               centre_s: Tensor|None=None, # per-channel scale of an identity branch added at the kernel centre (equal in/out channels)
+               centre_t: Tensor|None=None, # its per-channel shift
+              ) -> tuple[Tensor, Tensor, Tensor]: # weight (layer's dtype, layout, strides), bias (float64), largest |weight| per output channel (float64)
+    "`folded_params` computed without a float64 copy of the weight: one pass that multiplies in float64 and rounds once into the layer's dtype."
+    w = layer.weight.detach()
+    dev = w.device if w.device.type in ('cpu', 'cuda') else torch.device('cpu')   # e.g. MPS has no float64
+    w = w.to(dev)
+    transposed, d0, d1, k = isinstance(layer, _ConvTransposeNd), w.shape[0], w.shape[1], w.dim() - 2
+    idx = _own_index(layer, w).to(dev)
+    scale = torch.ones(d0, d1, dtype=torch.float64, device=dev)
+    for v, per_row in ((s_in, transposed), (s_out, not transposed)):
+        if v is not None: scale *= v.to(scale).view(-1, 1) if per_row else v.to(scale)[idx]
+    out = torch.empty_like(w)   # the layer's dtype and memory format
+    out.copy_(w.to(torch.float64).mul_(scale.view(d0, d1, *(1,) * k)))   # multiplied in float64, rounded once into `out`
+    n_out = out_of(layer)
+    b = layer.bias.detach().to(dev, torch.float64) if layer.bias is not None else torch.zeros(n_out, dtype=torch.float64, device=dev)
+    if t_in is not None and bool((t_in != 0).any()):
+        taps = w.sum(dim=tuple(range(2, w.dim())), dtype=torch.float64) if k else w.double()   # (d0, d1): weight summed over the kernel
+        if transposed: b = b.index_add(0, idx.reshape(-1), (taps * t_in.to(taps).view(-1, 1)).reshape(-1))
+        else: b = b + (taps * t_in.to(taps)[idx]).sum(1)
+    if s_out is not None: b = s_out.to(b) * b + t_out.to(b)
+    mag = w.abs().amax(dim=tuple(range(2, w.dim()))).double() if k else w.abs().double()   # (d0, d1)
+    if not transposed: mags = (scale.abs() * mag).amax(1) if s_in is not None else scale[:, 0].abs() * mag.amax(1)
+    else: mags = torch.zeros(n_out, dtype=torch.float64, device=dev).scatter_reduce(0, idx.reshape(-1), (scale.abs() * mag).reshape(-1), 'amax')
+    if centre_s is not None:   # an identity branch: out[c, c % d1, centre] += s_c, exactly in float64
+        c = torch.arange(n_out, device=dev)
+        at = (c, c % d1, *(torch.full_like(c, n // 2) for n in w.shape[2:]))
+        v = w[at].double() * scale[c, c % d1] + centre_s.to(b)
+        out[at] = v.to(out.dtype)
+        b = b + centre_t.to(b)
+        mags = torch.maximum(mags, v.abs())
+    if out.device != layer.weight.device: out = out.to(layer.weight.device)
+    return out, b, mags
+
+def out_of(layer: nn.Module) -> int: return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
