@@ -62,11 +62,9 @@ def refuse(kind: str, text: str): raise Refusal(kind, text)
 def _identity_like(bn: nn.Module) -> nn.Module: return nn.Identity()
 
 def _drop_act(bn: nn.Module) -> nn.Module:
-    "timm's norm-act layers normalize, then apply `drop`, then `act`: that is what stays after folding."
-    if _plain(bn.drop) and _plain(bn.act): return nn.Identity()
-    return nn.Sequential(bn.drop, bn.act)
-
-def _plain(m: nn.Module) -> bool: return type(m) is nn.Identity or type(m) in _DROPOUTS
+    "timm's norm-act layers normalize, then apply `drop`, then `act`: that is what stays after folding (eval identities left out)."
+    kept = [m for m in (bn.drop, bn.act) if type(m) is not nn.Identity]   # a dropout stays: it acts when the folded model trains
+    return nn.Identity() if not kept else kept[0] if len(kept) == 1 else nn.Sequential(*kept)
 
 @dataclass
 class BatchNormKind:
@@ -418,8 +416,10 @@ class Ranks:
 def _value_users(n: fx.Node) -> list[fx.Node]:
     "Users of `n` that read its values; `x.size()`, `x.shape`, `x.dim()` only read its shape, which no fold changes."
     def shape_only(u):
-        return (u.op == 'call_method' and u.target in ('size', 'dim') or
-                u.op == 'call_function' and u.target is getattr and u.args[1] in ('shape', 'dtype', 'device', 'ndim'))
+        return (u.op == 'call_method' and (u.target in ('size', 'dim', 'numel') or
+                                           u.target in ('reshape_as', 'view_as', 'expand_as', 'type_as') and u.args[0] is not n) or
+                u.op == 'call_function' and (u.target is getattr and u.args[1] in ('shape', 'dtype', 'device', 'ndim') or
+                                             u.target in (torch.zeros_like, torch.ones_like, torch.empty_like)))
     return [u for u in n.users if not shape_only(u)]
 
 class _ShapeRecorder(fx.Interpreter):
@@ -924,8 +924,10 @@ class Decision:
     def layers(self) -> list[str]: return list(dict.fromkeys(p.layer for p in self.parts))
 
 def _plain_output(bn) -> bool:
-    "Is `bn`'s output exactly its affine map (no activation after it)?"
-    return (k := batchnorm_kind(bn)) is not None and type(k.replacement(bn)) is nn.Identity
+    "Is `bn`'s output, in eval mode, exactly its affine map (no activation after it)?"
+    if (k := batchnorm_kind(bn)) is None: return False
+    r = k.replacement(bn)
+    return type(r) is nn.Identity or type(r) in _DROPOUTS or type(r) is nn.Sequential and all(type(m) in (nn.Identity, *_DROPOUTS) for m in r)
 
 def _check_input_of(u: fx.Node, x: fx.Node, facts) -> None:
     if not u.args or u.args[0] is not x or _occurrences(u, x) != 1:
@@ -1069,13 +1071,19 @@ def _centred(conv) -> bool:
     if conv.padding == 'same': return True
     return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
 
+def _is_pass(n, facts) -> bool:
+    "Is `n` the identity in eval mode (an `Identity`, a dropout, `.contiguous()`)?"
+    return (m := find_move(n, facts, 'up')) is not None and m.name in ('identity', 'dropout')
+
 def _sum_terms(root: fx.Node, facts) -> list[tuple]:
-    "The terms of the sum `root` with their signs, through nested add/sub nodes that only this sum reads."
+    "The terms of the sum `root` with their signs, through nested add/sub nodes (and eval identities) that only this sum reads."
     terms, stack = [], [(root, 1)]
     while stack:
         n, sign = stack.pop()
         for a, sa in zip(n.args, (1, _sign(n))):
-            if _is_add(a, facts) and _value_users(a) == [n] and _occurrences(n, a) == 1: stack.append((a, sign * sa))
+            b, user = a, n
+            while _is_pass(b, facts) and _value_users(b) == [user]: user, b = b, b.args[0]
+            if _is_add(b, facts) and _value_users(b) == [user] and _occurrences(user, b) == 1: stack.append((b, sign * sa))
             else: terms.append((a, sign * sa))
     return terms
 
@@ -1085,8 +1093,10 @@ def plan_branch(node: fx.Node, bn: nn.Module, facts: GraphFacts, decisions: dict
     x, n = node.args[0], node
     while len(us := _value_users(n)) == 1 and (m := find_move(us[0], facts, 'down')) is not None and m.name in ('identity', 'dropout'): n = us[0]
     if len(us) != 1 or not _is_add(us[0], facts): refuse('nonlinear', 'its output does not go into a sum')
-    root = us[0]
-    while len(us := _value_users(root)) == 1 and _is_add(us[0], facts) and _occurrences(us[0], root) == 1: root = us[0]
+    root = walk = us[0]
+    while len(us := _value_users(walk)) == 1 and _occurrences(us[0], walk) == 1 and (_is_add(us[0], facts) or _is_pass(us[0], facts)):
+        walk = us[0]
+        if _is_add(walk, facts): root = walk
     terms = _sum_terms(root, facts)
     mine = [sg for a, sg in terms if a is n]
     if len(mine) != 1: refuse('shared-output', 'the sum reads the BatchNorm twice')

@@ -1,0 +1,163 @@
+"""The new exact folds of the table of moves, each against a float64 reference with random statistics, and each refused when not exact:
+identity branches into a sibling conv, BatchNorm -> BatchNorm, pooling, one BatchNorm read by several layers, timm's layers, tokens."""
+import pytest, torch, torch.nn as nn, torch.nn.functional as F
+from fasterbn.folder import BN_Folder, randomize_bn
+from conftest import fold_and_check
+
+torch.manual_seed(0)
+x4 = torch.randn(2, 4, 9, 9)
+
+def init_(m, std=.5):
+    "Random conv/linear weights, so a wrong fold can't hide behind a symmetric init."
+    for p in m.modules():
+        if isinstance(p, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose2d)): nn.init.normal_(p.weight, std=std)
+    return m
+
+# ---- identity branch: bn(x) + conv(x) ------------------------------------------------------------------
+class RepBlock(nn.Module):
+    "RepVGG/MobileOne: a kxk conv with its BatchNorm, a 1x1 conv with its BatchNorm, and a BatchNorm-only identity branch."
+    def __init__(self, c=4, k=3, groups=1, dilation=1, sub=False, conv_bn=True):
+        super().__init__()
+        self.kxk = nn.Conv2d(c, c, k, padding=dilation * (k // 2), dilation=dilation, groups=groups, bias=False)
+        self.bn_kxk = nn.BatchNorm2d(c) if conv_bn else nn.Identity()
+        self.one = nn.Conv2d(c, c, 1, groups=groups)
+        self.identity, self.sub = nn.BatchNorm2d(c), sub
+    def forward(self, x):
+        y = self.bn_kxk(self.kxk(x)) + self.one(x)
+        return torch.relu(y - self.identity(x) if self.sub else y + self.identity(x))
+
+@pytest.mark.parametrize('kw', [dict(), dict(groups=2), dict(groups=4), dict(k=5, dilation=2), dict(k=1), dict(sub=True), dict(conv_bn=False)],
+                         ids=lambda kw: ','.join(f'{k}={v}' for k, v in kw.items()) or 'plain')
+def test_identity_branch_folds_into_a_sibling_conv(kw):
+    folded, report = fold_and_check(init_(RepBlock(**kw)), x4, example=False)
+    assert report['identity'].folded and report['identity'].direction == 'branch', report
+    assert report.n_folded == len(report)
+    assert type(folded.identity) is nn.Threshold   # zeros in its place: its map now lives in the sibling conv
+
+def test_identity_branch_refused_when_the_sibling_is_strided_or_off_centre():
+    class Off(nn.Module):
+        def __init__(self, **kw): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 4, 3, **kw), nn.BatchNorm2d(4)
+        def forward(self, x): return self.conv(x) + self.bn(x)
+    for kw in (dict(padding=(1, 0)), dict(padding=2, dilation=1), dict(padding=1, padding_mode='circular', bias=False)):
+        m = init_(Off(**kw))
+        if kw.get('padding') in ((1, 0), 2):   # shapes differ or the centre is not aligned: adding would be wrong
+            with pytest.raises(RuntimeError): m(x4)
+            continue
+        _, report = fold_and_check(m, x4, example=False)
+        assert report['bn'].folded   # circular padding: the centre tap still reads the pixel itself
+
+def test_identity_branch_needs_the_same_input():
+    class Other(nn.Module):
+        def __init__(self): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        def forward(self, x): return self.conv(torch.relu(x)) + self.bn(x)
+    _, report = fold_and_check(init_(Other()), x4, example=False)
+    assert not report['bn'].folded
+
+def test_identity_branch_with_the_timm_repvgg_block():
+    timm = pytest.importorskip('timm')
+    from timm.models.byobnet import RepVggBlock
+    m = init_(RepVggBlock(8, 8, kernel_size=3, stride=1))
+    folded, report = fold_and_check(m, torch.randn(2, 8, 7, 7), example=False)
+    assert report.n_folded == len(report) == 3, report
+
+# ---- BatchNorm -> BatchNorm ------------------------------------------------------------------------------
+def test_bn_bn_after_a_conv_both_fold_into_it():
+    m = init_(nn.Sequential(nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.Dropout(), nn.BatchNorm2d(5), nn.ReLU()))
+    folded, report = fold_and_check(m, x4, example=False)
+    assert report.n_folded == 2 and report['3'].into == '0', report
+
+def test_bn_bn_with_nothing_to_fold_into_merges_into_the_first():
+    m = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4, affine=False), nn.BatchNorm2d(4), nn.ReLU())
+    folded, report = fold_and_check(m, x4, example=False)
+    assert not report['1'].folded and report['2'].folded and report['2'].into == '1', report
+    assert isinstance(folded[1], nn.BatchNorm2d) and folded[1].affine and isinstance(folded[2], nn.Identity)
+
+def test_bn_bn_chain_of_three_folds_backward():
+    m = init_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1)))
+    _, report = fold_and_check(m, x4, example=False)
+    assert report.n_folded == 3 and report['1'].direction == 'backward', report
+
+# ---- pooling ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('pool', [nn.AvgPool2d(2), nn.AvgPool2d(3, 2, padding=1, count_include_pad=False), nn.AdaptiveAvgPool2d(2),
+                                  nn.MaxPool2d(3, 2, padding=1), nn.AdaptiveMaxPool2d(3)], ids=repr)
+def test_forward_and_backward_through_pooling(pool):
+    fwd = init_(nn.Sequential(nn.Conv2d(4, 5, 3), pool, nn.BatchNorm2d(5), nn.ReLU()))
+    bwd = init_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), pool, nn.Conv2d(4, 5, 1)))
+    for m, seed in ((fwd, 0), (bwd, 1)):
+        for s in range(3):   # several seeds: randomize_bn gives some negative scales, which max pooling must refuse
+            _, report = fold_and_check(m, x4, example=False, seed=s)
+            bn = next(r for r in report.rows)
+            neg = bool((m[2 if m is fwd else 1].weight < 0).any())
+            if isinstance(pool, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and neg: assert not bn.folded and bn.kind == 'sign', report
+            else: assert bn.folded and 'pool' in bn.via, report
+
+def test_avg_pool_with_zero_padding_needs_a_zero_shift():
+    m = init_(nn.Sequential(nn.Conv2d(4, 5, 3), nn.AvgPool2d(3, 1, padding=1), nn.BatchNorm2d(5), nn.ReLU()))
+    _, report = fold_and_check(m, x4, example=False)
+    assert not report['2'].folded and report['2'].kind == 'padding'
+
+def test_global_mean_into_a_linear_head():
+    class Head(nn.Module):
+        def __init__(self): super().__init__(); self.bn, self.fc = nn.BatchNorm2d(4), nn.Linear(4, 3)
+        def forward(self, x): return self.fc(self.bn(torch.relu(x)).mean((2, 3)))
+    _, report = fold_and_check(init_(Head()), x4, example=False)
+    assert report['bn'].folded and report['bn'].direction == 'backward'
+
+# ---- one BatchNorm read by several layers ----------------------------------------------------------------
+class Inception(nn.Module):
+    def __init__(self, pad=0):
+        super().__init__()
+        self.bn, self.a, self.b, self.c = nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1), nn.Conv2d(4, 2, 3, padding=pad), nn.Conv2d(4, 2, 1)
+    def forward(self, x):
+        y = self.bn(torch.relu(x))
+        return self.a(y), self.b(y), self.c(y)
+
+def test_one_bn_read_by_several_convs_folds_into_all():
+    _, report = fold_and_check(init_(Inception()), x4, example=False)
+    assert report['bn'].folded and report['bn'].into == 'a, b, c', report
+
+def test_one_bn_read_by_several_convs_all_or_nothing():
+    _, report = fold_and_check(init_(Inception(pad=1)), x4, example=False)
+    assert not report['bn'].folded and report['bn'].kind == 'padding', report
+
+# ---- timm's layers ---------------------------------------------------------------------------------------
+def test_timm_batchnormact_without_act_folds_backward():
+    timm = pytest.importorskip('timm')
+    from timm.layers import BatchNormAct2d
+    m = init_(nn.Sequential(nn.ReLU(), BatchNormAct2d(4, act_layer=None), nn.Conv2d(4, 5, 1)))
+    folded, report = fold_and_check(m, x4, example=False)
+    assert report['1'].folded and report['1'].direction == 'backward' and isinstance(folded[1], nn.Identity)
+
+def test_timm_conv2d_same():
+    timm = pytest.importorskip('timm')
+    from timm.layers import Conv2dSame
+    fwd = init_(nn.Sequential(Conv2dSame(4, 5, 3, stride=2), nn.BatchNorm2d(5), nn.ReLU()))
+    _, report = fold_and_check(fwd, x4, example=False)
+    assert report['1'].folded
+    for k, ok in ((3, False), (1, True)):   # its run-time zero padding takes a backward fold only when a 1x1 kernel needs none
+        bwd = init_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), Conv2dSame(4, 5, k, stride=2)))
+        _, report = fold_and_check(bwd, x4, example=False)
+        assert report['1'].folded == ok and (ok or report['1'].kind == 'padding'), report
+
+def test_timm_frozen_batchnormact_is_folded_and_reported():
+    timm = pytest.importorskip('timm')
+    from timm.layers import FrozenBatchNormAct2d
+    m = nn.Sequential(nn.Conv2d(4, 5, 3), FrozenBatchNormAct2d(5))
+    _, report = fold_and_check(init_(m), x4, example=False)   # it broadcasts (1, C, 1, 1): a map on dim 1 only on 4-D input, which the graph can't prove here
+    assert len(report) == 1 and report['1'].kind == 'needs-example-inputs', report
+    folded, report = fold_and_check(init_(m), x4)
+    assert report['1'].folded and type(folded[1]) is nn.ReLU, report
+
+# ---- tokens: BatchNorm1d on the features of a Linear that reads (N, L, C) ---------------------------------
+class Tokens(nn.Module):
+    def __init__(self, how): super().__init__(); self.fc, self.bn, self.how = nn.Linear(6, 5), nn.BatchNorm1d(5), how
+    def forward(self, x):
+        y = self.fc(x.flatten(2).transpose(1, 2))   # (N, L, C): a 3-D Linear output
+        if self.how == 'transpose': return self.bn(y.transpose(1, 2)).transpose(1, 2)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)   # LeViT
+
+@pytest.mark.parametrize('how', ['transpose', 'flatten'])
+def test_token_batchnorm_after_linear(how):
+    x = torch.randn(2, 6, 3, 3)
+    _, report = fold_and_check(init_(Tokens(how)), x, example=False)
+    assert report['bn'].folded and report['bn'].into == 'fc', report
