@@ -101,26 +101,29 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
     dev = w.device if w.device.type in ('cpu', 'cuda') else torch.device('cpu')   # e.g. MPS has no float64
     w = w.to(dev)
     transposed, d0, d1, k = isinstance(layer, _ConvTransposeNd), w.shape[0], w.shape[1], w.dim() - 2
-    idx = _own_index(layer, w).to(dev)
-    scale = torch.ones(d0, d1, dtype=torch.float64, device=dev)
-    for v, per_row in ((s_in, transposed), (s_out, not transposed)):
-        if v is not None: scale *= v.to(scale).view(-1, 1) if per_row else v.to(scale)[idx]
+    kernel, n_out = tuple(range(2, w.dim())), out_of(layer)
+    if transposed or s_in is not None:   # a scale per (dim 0, dim 1) of the weight
+        idx = _own_index(layer, w).to(dev)
+        scale = torch.ones(d0, d1, dtype=torch.float64, device=dev)
+        for v, per_row in ((s_in, transposed), (s_out, not transposed)):
+            if v is not None: scale *= v.to(scale).view(-1, 1) if per_row else v.to(scale)[idx]
+    else: scale = (s_out.to(dev, torch.float64) if s_out is not None else torch.ones(d0, dtype=torch.float64, device=dev)).view(-1, 1)
     out = torch.empty_like(w)   # the layer's dtype and memory format
-    out.copy_(w.to(torch.float64).mul_(scale.view(d0, d1, *(1,) * k)))   # multiplied in float64, rounded once into `out`
-    n_out = out_of(layer)
+    out.copy_(w.to(torch.float64).mul_(scale.view(scale.shape[0], scale.shape[1], *(1,) * k)))   # in float64, rounded once into `out`
     b = layer.bias.detach().to(dev, torch.float64) if layer.bias is not None else torch.zeros(n_out, dtype=torch.float64, device=dev)
     if t_in is not None and bool((t_in != 0).any()):
-        taps = w.sum(dim=tuple(range(2, w.dim())), dtype=torch.float64) if k else w.double()   # (d0, d1): weight summed over the kernel
+        taps = w.sum(dim=kernel, dtype=torch.float64) if k else w.double()   # (d0, d1): the weight summed over its kernel
         if transposed: b = b.index_add(0, idx.reshape(-1), (taps * t_in.to(taps).view(-1, 1)).reshape(-1))
         else: b = b + (taps * t_in.to(taps)[idx]).sum(1)
     if s_out is not None: b = s_out.to(b) * b + t_out.to(b)
-    mag = w.abs().amax(dim=tuple(range(2, w.dim()))).double() if k else w.abs().double()   # (d0, d1)
-    if not transposed: mags = (scale.abs() * mag).amax(1) if s_in is not None else scale[:, 0].abs() * mag.amax(1)
-    else: mags = torch.zeros(n_out, dtype=torch.float64, device=dev).scatter_reduce(0, idx.reshape(-1), (scale.abs() * mag).reshape(-1), 'amax')
+    mag = w.abs().amax(dim=kernel) if k else w.abs()   # (d0, d1), the layer's dtype: the largest tap
+    if scale.shape[1] == 1: mags = scale[:, 0].abs() * mag.amax(1).double()
+    elif not transposed: mags = (scale.abs() * mag.double()).amax(1)
+    else: mags = torch.zeros(n_out, dtype=torch.float64, device=dev).scatter_reduce(0, idx.reshape(-1), (scale.abs() * mag.double()).reshape(-1), 'amax')
     if centre_s is not None:   # an identity branch: out[c, c % d1, centre] += s_c, exactly in float64
         c = torch.arange(n_out, device=dev)
         at = (c, c % d1, *(torch.full_like(c, n // 2) for n in w.shape[2:]))
-        v = w[at].double() * scale[c, c % d1] + centre_s.to(b)
+        v = w[at].double() * (scale[c, c % d1] if scale.shape[1] > 1 else scale[c, 0]) + centre_s.to(b)
         out[at] = v.to(out.dtype)
         b = b + centre_t.to(b)
         mags = torch.maximum(mags, v.abs())

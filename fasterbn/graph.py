@@ -3,7 +3,7 @@
 Docs: https://fasterbn.github.io/fasterbn/graph.html.md"""
 
 from __future__ import annotations
-import math, operator, sys
+import copy, math, operator, sys
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -196,28 +196,38 @@ _LEAF_MOVES: set[type] = set()   # module classes that a registered move matches
 
 class FoldTracer(fx.Tracer):
     "A torch.fx tracer that keeps BatchNorms, Conv/Linear layers, hooked and scripted modules (and registered ones) as leaves."
+    proxy_buffer_attributes = True   # a forward that reads a buffer (`self.bn.running_mean`) shows it in the graph, not as a baked constant
     def __init__(self): super().__init__()
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (is_batchnorm(m) or is_fold_layer(m) or has_forward_hooks(m) or isinstance(m, torch.jit.ScriptModule)
                 or type(m) in _LEAF_MOVES or super().is_leaf_module(m, qualname))
 
+def _python_modules(model: nn.Module) -> list[nn.Module]:
+    "The modules whose state Python code can change (a scripted module keeps its own)."
+    return [m for m in model.modules() if not isinstance(m, torch.jit.ScriptModule)]
+
 @contextmanager
-def preserved(model: nn.Module):
-    "Undo what tracing or running `forward` leaves on `model`: new or changed attributes (fx Proxies too), buffer values."
-    mods = list(model.modules())
+def preserved(model: nn.Module): # the model whose `forward` is about to be traced or run
+    "Undo what tracing or running `forward` leaves on `model`: new or changed attributes (fx Proxies too), edited lists and dicts, buffer values."
+    mods = _python_modules(model)
     saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in mods]
-    buffers = [(b, b.detach().clone()) for m in mods for b in m._buffers.values() if b is not None and not b.is_meta]
-    versions = [(p, p._version) for m in mods for p in m._parameters.values() if p is not None]
+    contents = [(v, copy.copy(v)) for m in mods for v in vars(m).values() if type(v) in (list, dict, set)]   # `self.cache.append(y)`
+    tensors = [t for m in mods for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+    versions = [t._version for t in tensors]
+    copies = {id(b): b.detach().clone() for m in mods for b in m._buffers.values() if b is not None and not b.is_meta}
     try: yield
     finally:
         for m, d, p, b, s in saved:
             for inner, old in ((m._parameters, p), (m._buffers, b), (m._modules, s)): inner.clear(); inner.update(old)
             m.__dict__.clear(); m.__dict__.update(d)
+        for v, old in contents:
+            v.clear(); v.update(old) if not isinstance(v, list) else v.extend(old)
+        changed = [t for t, v in zip(tensors, versions) if t._version != v]
         with torch.no_grad():
-            for b, old in buffers:
-                if not torch.equal(b, old) if b.shape == old.shape else True: b.copy_(old)
-        if changed := [p for p, v in versions if p._version != v]:
-            raise RuntimeError(f'forward changed {len(changed)} parameter(s) in place while fasterbn traced or ran it: fasterbn cannot fold a model that edits its own weights')
+            for t in changed:
+                if id(t) in copies: t.copy_(copies[id(t)])
+        if [t for t in changed if id(t) not in copies]:
+            raise RuntimeError('forward changed parameters in place while fasterbn traced or ran it: fasterbn cannot fold a model that edits its own weights')
 
 def trace(model: nn.Module) -> fx.Graph:
     "Trace `model` with `FoldTracer`, leaving nothing on it (raises whatever fx raises for an untraceable forward)."
@@ -263,6 +273,10 @@ def _cat_dim(n: fx.Node):
     "The `dim` of a `torch.cat` node (also spelled `axis`)."
     return _arg(n, 1, 'dim', n.kwargs.get('axis', 0))
 
+def _cat_pieces_of(n: fx.Node):
+    "The tensors a `torch.cat` node joins (positional, or the `tensors` keyword)."
+    return _arg(n, 0, 'tensors')
+
 def _flatten_range(n: fx.Node, facts) -> tuple|None:
     "(start_dim, end_dim) if `n` flattens (`nn.Flatten`, `torch.flatten`, `.flatten`, `x.view(x.size(0), -1)`), else None."
     if n.op == 'call_module' and type(m := facts.module(n)) is nn.Flatten: return m.start_dim, m.end_dim
@@ -304,7 +318,7 @@ def _rank_rule(n: fx.Node, facts) -> tuple:
         if n.target in _POOL_FNS: d = _POOL_FNS[n.target]; return ('same', a0), (d + 1, d + 2)
         if n.target in _RANK_KEEPING_FNS: return ('same', a0), None
         if n.target in _BINARY: return _binary(n), None
-        if n.target in _CATS: return ('cat', list(a0)), None
+        if n.target in _CATS: return (('cat', list(p)) if isinstance(p := _cat_pieces_of(n), (list, tuple)) else ('unknown',)), None
         if n.target is torch.flatten: return ('flatten', a0, _arg(n, 1, 'start_dim', 0), _arg(n, 2, 'end_dim', -1)), None
         if n.target in (torch.transpose, torch.swapaxes): return ('same', a0), None
         if n.target is torch.permute: return _const(_arg(n, 1, 'dims')), None
@@ -554,7 +568,7 @@ class GraphFacts:
             if layer_kind(m) is not None and axis - r == channel_axis(m): return out_channels(m)
             if (k := batchnorm_kind(m)) is not None and axis == 1 and (k.keeps_shape or r in (k.ranks or ())): return bn_channels(m)
         if isinstance(node, fx.Node) and _fn(node, *_CATS) and r is not None and isinstance(d := _cat_dim(node), int) and d % r == axis:
-            sizes = [self.channels(p, axis) for p in node.args[0]]
+            sizes = [self.channels(p, axis) for p in _cat_pieces_of(node)]
             if None not in sizes: return sum(sizes)
         s = self.shape(n)
         return s[axis] if s is not None and 0 <= axis < len(s) else None
@@ -636,7 +650,8 @@ class Recorder:
                     if isinstance(t, Tensor) and (m := owner.get(id(t))) is not None and not running[id(m)]: outer.foreign.add(names[m])
                 return func(*args, **(kwargs or {}))
         with preserved(model):
-            handles = [h for m in names for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post, always_call=True))]
+            handles = [h for m in names if not isinstance(m, torch.jit.ScriptModule)
+                       for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post, always_call=True))]
             try:
                 with torch.no_grad(), Reads(): model(*example_inputs)
             except Exception as e: self.error = _first_line(e)
@@ -822,7 +837,7 @@ register_move(Move('flatten', lambda n, facts: _flatten_range(n, facts) is not N
 
 # cat: along the channel axis each piece holds a slice of the channels; along another axis each piece holds them all
 def _cat_pieces(n, flow, facts):
-    pieces, dim = list(n.args[0]), _cat_dim(n)
+    pieces, dim = list(_cat_pieces_of(n)), _cat_dim(n)
     if len(set(pieces)) < len(pieces): refuse('shared-output', f'{facts.describe(n)} repeats a value: its channels would need two scales')
     form = 'back' if dim < 0 else 'front'
     ax = flow.axis(n, facts, form)
@@ -836,7 +851,7 @@ def _cat_pieces(n, flow, facts):
     if start != len(flow.cmap): refuse('channels', f'{facts.describe(n)} has {start} channels, the BatchNorm {len(flow.cmap)}')
     return out
 def _cat_down(n, x, flow, facts):
-    pieces, dim = list(n.args[0]), _cat_dim(n)
+    pieces, dim = list(_cat_pieces_of(n)), _cat_dim(n)
     if pieces.count(x) != 1: refuse('shared-output', f'{facts.describe(n)} uses the BatchNorm\'s output {pieces.count(x)} times')
     front = flow.axis(x, facts)
     if _norm(dim, x, facts) != front: refuse('rank', f'{facts.describe(n)} joins along another axis than the BatchNorm\'s channels')
@@ -846,7 +861,7 @@ def _cat_down(n, x, flow, facts):
     i = pieces.index(x)
     cmap = torch.full((sum(sizes),), -1, dtype=torch.long); cmap[sum(sizes[:i]):sum(sizes[:i + 1])] = flow.cmap
     return Flow(cmap, front, None, flow.shift)
-register_move(Move('cat', lambda n, facts: _fn(n, *_CATS) and isinstance(_cat_dim(n), int) and isinstance(n.args[0], (list, tuple)),
+register_move(Move('cat', lambda n, facts: _fn(n, *_CATS) and isinstance(_cat_dim(n), int) and isinstance(_cat_pieces_of(n), (list, tuple)),
                    _cat_pieces, _cat_down))
 
 # add and sub: every operand takes the scale, one operand the shift; broadcasting aligns dims from the back
