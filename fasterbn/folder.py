@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch, torch.nn as nn, torch.fx as fx
 from fastcore.basics import store_attr, patch
 from .fold_math import fold_layer, new_parameter, cast_like
-from .graph import (GraphFacts, ModelFacts, Outside, Recorder, Decision, Reason, REASON_KINDS, trace, plan_folds, is_batchnorm,
+from .graph import (preserved, GraphFacts, ModelFacts, Outside, Recorder, Decision, Reason, REASON_KINDS, trace, plan_folds, is_batchnorm,
                     is_fold_layer, batchnorm_kind, bn_replacement, in_channels, out_channels, _first_line)
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -112,6 +112,7 @@ def _collector_paused():
 class BN_Folder:
     "Folds every BatchNorm of a model that can be folded exactly into a neighbouring Conv, ConvTranspose or Linear."
     def __init__(self, backward: bool=True, # also fold a BatchNorm into the layer *after* it, where exact
+                 check: bool=True, # with example_inputs: compare against a float64 copy, and cancel folds that change more than rounding
                  verbose: bool=False, # print the report after each fold
                 ):
         store_attr()
@@ -131,19 +132,24 @@ class BN_Folder:
         modes = {m: m.training for m in model.modules()}
         try:   # plan and compute on `model` itself, in eval mode: tracing and runs leave no trace, and nothing is edited yet
             model.eval()
-            decisions, untraceable, notes = self._plan(model, example_inputs)
+            decisions, untraceable, notes, roots = self._plan(model, example_inputs)
             updates = self._compute(model, decisions)
+            refs = self._references(model, decisions, roots, notes) if self.check else {}
             if isinstance(model, torch.jit.ScriptModule): work = model   # nothing in it can be folded: the report says why
             elif not inplace:   # the copy takes the new weights instead of copies of the old ones
-                memo = {id(getattr(model.get_submodule(n), a)): v for n, u in updates.items() for a, v in u.items()
-                        if isinstance(getattr(model.get_submodule(n), a, None), torch.Tensor)}
-                for d in decisions:   # and each folded BatchNorm's replacement instead of a copy of the BatchNorm
-                    if d.folded and d.bn not in updates: memo[id(model.get_submodule(d.bn))] = copy.deepcopy(bn_replacement(model.get_submodule(d.bn), d.direction), memo)
+                memo = {}
+                if not refs:   # (a check may undo folds in the copy: then it must start as a true copy)
+                    memo = {id(getattr(model.get_submodule(n), a)): v for n, u in updates.items() for a, v in u.items()
+                            if isinstance(getattr(model.get_submodule(n), a, None), torch.Tensor)}
+                    for d in decisions:   # and each folded BatchNorm's replacement instead of a copy of the BatchNorm
+                        if d.folded and d.bn not in updates:
+                            memo[id(model.get_submodule(d.bn))] = copy.deepcopy(bn_replacement(model.get_submodule(d.bn), d.direction), memo)
                 try: work = copy.deepcopy(model, memo)
                 except Exception as e:
                     raise TypeError(f'cannot deep-copy the model ({_first_line(e)}): fold a copy you make, or pass inplace=True') from None
             else: work = model
-            self._apply(work, decisions, updates)
+            journal = self._apply(work, decisions, updates)
+            if refs: self._verify(model, work, decisions, updates, refs, journal)
         except BaseException:
             for m, mode in modes.items(): m.train(mode)
             raise
@@ -159,9 +165,10 @@ class BN_Folder:
 def _plan(self: BN_Folder, model, example_inputs):
     "Decisions for every traced BatchNorm, the untraceable modules, and notes."
     decisions, untraceable, notes = [], {}, []
+    roots = []   # (name, inputs) of the outermost traced roots with inputs: where a fold can be checked
     if isinstance(model, torch.jit.ScriptModule):
         untraceable[''] = 'the model is scripted (torch.jit.script)'
-        return decisions, untraceable, notes
+        return decisions, untraceable, notes, roots
     facts_of_model = ModelFacts.of(model)
     recorder = None
     if example_inputs is not None:
@@ -179,21 +186,22 @@ def _plan(self: BN_Folder, model, example_inputs):
             for child_name, child in root.named_children():
                 if _needs_own_trace(child):
                     q = f'{prefix}{child_name}'
-                    visit(child, q + '.', Outside(q, outside.calls, outside.reads, blind, recorder))
+                    visit(child, q + '.', Outside(q, outside.calls, outside.reads, blind, recorder, checked=outside.checked))
             return
         inputs = example_inputs if not prefix else recorder.inputs.get(name) if recorder else None
         facts = GraphFacts(root, graph, inputs, facts_of_model, outside, prefix)
         planned = plan_folds(facts, backward=self.backward)
         if facts.shapes_error: notes.append(f'shapes of `{name or "<model>"}` could not be propagated on example_inputs ({facts.shapes_error})')
         decisions.extend(planned)
+        if inputs is not None and not outside.checked: roots.append((name, inputs))
         opaque = dict.fromkeys(n.target for n in graph.nodes if n.op == 'call_module' and _needs_own_trace(facts.module(n)))
         for target in opaque:   # modules the trace kept whole (hooked, scripted) are planned inside, as roots of their own
             q = facts.qual(target)
             calls = outside.calls + Counter({facts.qual(t): c for t, c in facts.calls.items() if t.startswith(target + '.')})
             reads = outside.reads | {facts.qual(t) for t in facts.reads if t.startswith(target + '.')}
-            visit(facts.modules[target], q + '.', Outside(q, calls, reads, outside.blind, recorder))
+            visit(facts.modules[target], q + '.', Outside(q, calls, reads, outside.blind, recorder, checked=outside.checked or inputs is not None))
     visit(model, '', Outside('', recorder=recorder))
-    return decisions, untraceable, notes
+    return decisions, untraceable, notes, roots
 
 # ---------------------------------------------------------------------------------------------------- computing the new weights
 def _side_vectors(parts, n):
@@ -229,7 +237,7 @@ def _branch_vectors(parts, n):
     return s, t
 
 @patch
-def _compute(self: BN_Folder, model, decisions):
+def _compute(self: BN_Folder, model, decisions, cancel: bool=True):
     "New tensors of every module a fold changes (layers, and BatchNorms others merged into), from `model`'s values; cancels folds that don't survive the cast."
     while True:
         by_layer = defaultdict(list)
@@ -250,7 +258,7 @@ def _compute(self: BN_Folder, model, decisions):
                 bad = (name, why if own else f'`{name}` has non-finite weights'); break
             bias = new_parameter(b, layer.bias) if layer.bias is not None else new_parameter(b, layer.weight, shape=b.shape)
             updates[name] = {'weight': nn.Parameter(w, requires_grad=layer.weight.requires_grad), 'bias': bias}
-        if bad is None: break
+        if bad is None or not cancel: break
         for d in decisions:
             if bad[0] in d.layers: d.reason, d.parts = Reason('numeric', bad[1]), []
     for d in decisions:   # a BatchNorm whose chain went no further takes the map of the BatchNorms merged into it
@@ -289,8 +297,13 @@ def _apply(self: BN_Folder, model, decisions, updates):
             parent = model.get_submodule(parent_name)
             if is_batchnorm(bn := getattr(parent, attr)): put(parent, attr, bn_replacement(bn, d.direction))   # (a copy may hold it already)
     except BaseException:
-        for module, attr, old in reversed(journal): setattr(module, attr, old)
+        _undo(journal)
         raise
+    return journal
+
+def _undo(journal: list):
+    "Put back, in reverse order, every value an `_apply` wrote."
+    for module, attr, old in reversed(journal): setattr(module, attr, old)
 
 @patch
 def _report(self: BN_Folder, model, decisions, untraceable, notes):
@@ -315,6 +328,81 @@ def _report(self: BN_Folder, model, decisions, untraceable, notes):
         elif d.folded: rows.append(FoldRow(name, True, into(d), d.direction, d.via))
         else: rows.append(FoldRow(name, False, reason=d.reason.text, kind=d.reason.kind))
     return FoldReport(rows, untraceable, notes)
+
+# ---------------------------------------------------------------------------------------------------- checking it on example_inputs
+def _outputs64(root: nn.Module, inputs: tuple) -> list:
+    "The float tensors `root` returns on `inputs`, as float64, leaving no trace on `root`."
+    with torch.no_grad(), preserved(root):
+        dtype = next((t.dtype for t in [*root.parameters(), *root.buffers()] if t.is_floating_point()), torch.float32)
+        out = root(*[x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs])
+    return [o.double() for o in _flat_outputs(out) if o.is_floating_point()]
+
+def _max_diff(a: list, b: list) -> float: return max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.)
+
+@patch
+def _references(self: BN_Folder, model, decisions, roots, notes) -> dict:
+    "For each checkable root with folds: its float64 outputs (from a float64 copy), and the unfolded model's own float32 error."
+    refs = {}
+    for name, inputs in roots:
+        if not any(d.folded and _under(d.bn, name) for d in decisions): continue
+        root = model.get_submodule(name)
+        try:
+            ref = _outputs64(copy.deepcopy(root).double(), tuple(_to_double(x) for x in inputs))
+            base = _outputs64(root, inputs)
+        except Exception as e:
+            notes.append(f'folds in `{name or "<model>"}` were not checked: no float64 copy of it runs ({_first_line(e)})'); continue
+        refs[name] = (inputs, ref, _max_diff(base, ref), max((float(r.abs().max()) for r in ref if r.numel()), default=0.))
+    return refs
+
+def _under(bn: str, root: str) -> bool: return not root or bn.startswith(root + '.')
+
+def _units(decisions) -> list[list]:
+    "Folded decisions grouped so that each group can be applied alone: those that touch a common layer, or merge into one BatchNorm."
+    groups, where = [], {}
+    for d in decisions:
+        if not d.folded: continue
+        keys = set(d.layers) | {d.merged_into or d.bn}
+        hit = {id(g): g for k in keys if (g := where.get(k)) is not None}
+        g = [d]
+        for other in hit.values(): g += other; groups.remove(other)
+        groups.append(g)
+        for x in g:
+            for k in set(x.layers) | {x.merged_into or x.bn}: where[k] = g
+    return groups
+
+@patch
+def _verify(self: BN_Folder, model, work, decisions, updates, refs, journal):
+    "Cancel the folds that change a checked root's output on example_inputs by more than float32 rounding (bisecting to find them)."
+    def error(name):
+        inputs, ref, base, scale = refs[name]
+        err = _max_diff(_outputs64(work.get_submodule(name), inputs), ref)
+        return err, err <= 10 * base + 1e-6 * max(1., scale)
+    bad = {}
+    for name in refs:
+        err, ok = error(name)
+        if not ok: bad[name] = err
+    if not bad: return
+    _undo(journal); journal.clear()
+    culprits = []
+    def search(units, name):   # `units` fail together: find the smallest failing groups
+        if len(units) == 1: culprits.extend(units[0]); return
+        half = len(units) // 2
+        failed = False
+        for part in (units[:half], units[half:]):
+            part_decisions = [d for u in part for d in u]
+            j = self._apply(work, part_decisions, self._compute(model, part_decisions, cancel=False))
+            ok = error(name)[1]; _undo(j)
+            if not ok: failed = True; search(part, name)
+        if not failed: culprits.extend(d for u in units for d in u)   # only together: cancel them all
+    for name, err in bad.items():
+        search([u for u in _units(decisions) if _under(u[0].bn, name)], name)
+        base = refs[name][2]
+        for d in culprits:
+            if d.folded:
+                d.parts, d.merged_into = [], ''
+                d.reason = Reason('check', f'folding it changed the output of `{name or "<model>"}` on example_inputs by {err:.3g}, where float32 '
+                                           f'rounding explains {base:.3g}: forward uses the modules in a way the graph does not show')
+    journal.extend(self._apply(work, decisions, self._compute(model, decisions)))
 
 # ---------------------------------------------------------------------------------------------------- checking a fold
 @torch.no_grad()

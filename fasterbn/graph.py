@@ -50,6 +50,7 @@ REASON_KINDS = {  # kind -> what a user can do about it ('' when the text alread
     'untraceable': 'make that forward traceable by torch.fx',
     'unused': '',
     'scripted': 'fold the nn.Module before calling torch.jit.script',
+    'check': 'fold by hand, or stop forward from inspecting the modules (isinstance checks, `.bias is None`)',
 }
 
 class Refusal(Exception):
@@ -482,6 +483,7 @@ class Outside:
     reads: set = field(default_factory=set)            # qualified module names whose tensors traced ancestors read
     blind: str|None = None                             # an untraceable ancestor, whose own uses no graph shows
     recorder: object = None                            # a `Recorder` run of the whole model on example_inputs, if any
+    checked: bool = False                              # an ancestor's output is checked on example_inputs, which covers this root
 
 def _qual(prefix: str, name: str) -> str: return f'{prefix}{name}' if name else prefix.rstrip('.')
 
