@@ -109,7 +109,7 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
             if v is not None: scale *= v.to(scale).view(-1, 1) if per_row else v.to(scale)[idx]
     else: scale = (s_out.to(dev, torch.float64) if s_out is not None else torch.ones(d0, dtype=torch.float64, device=dev)).view(-1, 1)
     out = torch.empty_like(w)   # the layer's dtype and memory format
-    out.copy_(w.to(torch.float64).mul_(scale.view(scale.shape[0], scale.shape[1], *(1,) * k)))   # in float64, rounded once into `out`
+    out.copy_(w.to(torch.float64, copy=True).mul_(scale.view(scale.shape[0], scale.shape[1], *(1,) * k)))   # in float64 (a copy, even of float64 weights), rounded once into `out`
     b = layer.bias.detach().to(dev, torch.float64) if layer.bias is not None else torch.zeros(n_out, dtype=torch.float64, device=dev)
     if t_in is not None and bool((t_in != 0).any()):
         taps = w.sum(dim=kernel, dtype=torch.float64) if k else w.double()   # (d0, d1): the weight summed over its kernel

@@ -238,3 +238,8 @@ def test_check_on_example_inputs_cancels_only_the_folds_that_change_the_output()
     randomize_bn(m := Peeks()).eval()
     folded = BN_Folder(check=False).fold(m, example_inputs=x4)   # unchecked, the fold goes through and changes the output
     assert not torch.allclose(folded(x4), m(x4))
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_every_dtype_leaves_the_original_untouched(dtype):
+    m = nn.Sequential(nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.BatchNorm2d(5), nn.Conv2d(5, 3, 1)).to(dtype)
+    fold_and_check(m, x4.to(dtype), factor=10 if dtype != torch.bfloat16 else 40)
