@@ -101,7 +101,7 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
     dev = w.device if w.device.type in ('cpu', 'cuda') else torch.device('cpu')   # e.g. MPS has no float64
     w = w.to(dev)
     transposed, d0, d1, k = isinstance(layer, _ConvTransposeNd), w.shape[0], w.shape[1], w.dim() - 2
-    kernel, n_out = tuple(range(2, w.dim())), out_of(layer)
+    kernel, n_out = tuple(range(2, w.dim())), _out_of(layer)
     if transposed or s_in is not None:   # a scale per (dim 0, dim 1) of the weight
         idx = _own_index(layer, w).to(dev)
         scale = torch.ones(d0, d1, dtype=torch.float64, device=dev)
@@ -130,4 +130,4 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
     if out.device != layer.weight.device: out = out.to(layer.weight.device)
     return out, b, mags
 
-def out_of(layer: nn.Module) -> int: return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+def _out_of(layer: nn.Module) -> int: return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels

@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.fx as fx
 from fastcore.basics import store_attr, patch
 from .fold_math import fold_layer, new_parameter, cast_like
 from .graph import (preserved, GraphFacts, ModelFacts, Outside, Recorder, Decision, Reason, REASON_KINDS, trace, plan_folds, is_batchnorm,
-                    is_fold_layer, batchnorm_kind, bn_replacement, in_channels, out_channels, _first_line)
+                    is_fold_layer, batchnorm_kind, bn_replacement, _in_channels, _out_channels, _first_line)
 from torch.nn.modules.batchnorm import _BatchNorm
 
 # ---------------------------------------------------------------------------------------------------- the report
@@ -247,9 +247,9 @@ def _compute(self: BN_Folder, model, decisions, cancel: bool=True):
         for name, parts in by_layer.items():
             layer = model.get_submodule(name)
             ins, outs, branches = ([x for x in parts if x[0].side == side] for side in ('in', 'out', 'branch'))
-            s_in, t_in = _side_vectors(ins, in_channels(layer)) if ins else (None, None)
-            s_out, t_out = _side_vectors(outs, out_channels(layer)) if outs else (None, None)
-            c_s, c_t = _branch_vectors(branches, out_channels(layer)) if branches else (None, None)
+            s_in, t_in = _side_vectors(ins, _in_channels(layer)) if ins else (None, None)
+            s_out, t_out = _side_vectors(outs, _out_channels(layer)) if outs else (None, None)
+            c_s, c_t = _branch_vectors(branches, _out_channels(layer)) if branches else (None, None)
             w, b, mags = fold_layer(layer, s_in, t_in, s_out, t_out, c_s, c_t)
             dtype = layer.weight.dtype
             if why := (_magnitude_problem(mags, dtype, f'the folded weights of `{name}`') or

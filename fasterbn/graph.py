@@ -12,7 +12,6 @@ import torch, torch.nn as nn, torch.nn.functional as F, torch.fx as fx
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
-from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.utils import parametrize
 from .fold_math import bn_affine
 
@@ -129,7 +128,7 @@ def bn_replacement(bn: nn.Module, # a BatchNorm fasterbn knows
         if a in vars(bn) and a not in vars(new): setattr(new, a, getattr(bn, a))
     return new
 
-def bn_channels(bn: nn.Module) -> int: return bn.running_mean.numel() if getattr(bn, 'running_mean', None) is not None else bn.num_features
+def _bn_channels(bn: nn.Module) -> int: return bn.running_mean.numel() if getattr(bn, 'running_mean', None) is not None else bn.num_features
 
 # ---------------------------------------------------------------------------------------------------- what is a layer
 @dataclass
@@ -161,7 +160,7 @@ def _torch_base(m: nn.Module) -> type:
     "The nearest class of `m` defined by torch itself."
     return next(c for c in type(m).__mro__ if c.__module__.startswith('torch.'))
 
-def overridden_methods(m: nn.Module) -> list[str]:
+def _overridden(m: nn.Module) -> list[str]:
     "Names of the compute methods that a subclass of a torch layer redefines (a changed function we can't fold through)."
     base = _torch_base(m)
     return [f for f in ('forward', '_conv_forward') if hasattr(base, f) and getattr(type(m), f) is not getattr(base, f)]
@@ -171,15 +170,15 @@ def layer_kind(m: nn.Module) -> LayerKind|None:
     if not isinstance(m, (_ConvNd, nn.Linear)): return None
     if type(m) in LAYER_KINDS: return LAYER_KINDS[type(m)]
     if (k := _known(_KNOWN_LAYERS).get(type(m))) is not None: return k
-    return None if overridden_methods(m) else LayerKind(_conv_pads)
+    return None if _overridden(m) else LayerKind(_conv_pads)
 
 def is_fold_layer(m: nn.Module) -> bool:
     "Is `m` a Conv, ConvTranspose or Linear (subclasses included), the layers a BatchNorm can fold into?"
     return isinstance(m, (_ConvNd, nn.Linear))
 
-def out_channels(layer) -> int: return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-def in_channels(layer) -> int: return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-def channel_axis(layer) -> int:
+def _out_channels(layer) -> int: return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+def _in_channels(layer) -> int: return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+def _channel_axis(layer) -> int:
     "The layer's channel axis counted from the back: -1 for Linear, -(k+1) for a k-d convolution, batched or not."
     return -1 if isinstance(layer, nn.Linear) else -(len(layer.kernel_size) + 1)
 
@@ -188,7 +187,7 @@ def has_forward_hooks(m: nn.Module) -> bool:
     "Does `m` carry forward hooks or forward pre-hooks, which torch.fx would not record?"
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
-def global_forward_hooks() -> bool:
+def _global_forward_hooks() -> bool:
     "Is a global module forward hook registered (`torch.nn.modules.module.register_module_forward_hook` and friends)?"
     from torch.nn.modules import module as M
     return bool(M._global_forward_hooks or M._global_forward_pre_hooks)
@@ -465,7 +464,7 @@ class ModelFacts:
                 if attr in ('_parameters', '_buffers', '_modules'): continue   # registered: the fold edits them
                 for obj in _modules_in(v):
                     if id(obj) in names: held.setdefault(id(obj), f'`{attr}` of `{names[id(m)] or "<model>"}`')
-        return cls(names, aliases, {t for t, o in owners.items() if len(o) > 1}, held, global_forward_hooks())
+        return cls(names, aliases, {t for t, o in owners.items() if len(o) > 1}, held, _global_forward_hooks())
 
 def _modules_in(v, depth: int=0):
     "Modules held by a plain value: the value itself, or inside lists, tuples, sets and dicts (a few levels deep)."
@@ -567,8 +566,8 @@ class GraphFacts:
         while isinstance(node, fx.Node) and (up := _keeps_dim(node, axis, self)) is not None: node = up
         m, r = self.module(node), self.rank(node) if isinstance(node, fx.Node) else None
         if r is not None and m is not None:
-            if layer_kind(m) is not None and axis - r == channel_axis(m): return out_channels(m)
-            if (k := batchnorm_kind(m)) is not None and axis == 1 and (k.keeps_shape or r in (k.ranks or ())): return bn_channels(m)
+            if layer_kind(m) is not None and axis - r == _channel_axis(m): return _out_channels(m)
+            if (k := batchnorm_kind(m)) is not None and axis == 1 and (k.keeps_shape or r in (k.ranks or ())): return _bn_channels(m)
         if isinstance(node, fx.Node) and _fn(node, *_CATS) and r is not None and isinstance(d := _cat_dim(node), int) and d % r == axis:
             sizes = [self.channels(p, axis) for p in _cat_pieces_of(node)]
             if None not in sizes: return sum(sizes)
@@ -980,7 +979,7 @@ def layer_problem(layer: nn.Module, # the Conv/ConvTranspose/Linear
     "Why `layer` can't take a fold whatever the BatchNorm (None if it can)."
     what = f'`{facts.qual(node.target)}` ({type(layer).__name__})'
     if layer_kind(layer) is None:
-        return Reason('unknown-kind', f'{what} redefines {" and ".join(overridden_methods(layer))}, so it is not a plain {_torch_base(layer).__name__}')
+        return Reason('unknown-kind', f'{what} redefines {" and ".join(_overridden(layer))}, so it is not a plain {_torch_base(layer).__name__}')
     if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
         return Reason('not-ready', f'{what} is lazy and not initialized: run one batch through the model first')
     if layer.weight.is_meta: return Reason('not-ready', f'{what} has its weights on the meta device: load real weights first')
@@ -996,11 +995,11 @@ def _layer(n: fx.Node, facts) -> nn.Module|None:
 def _take_out(n: fx.Node, layer, flow: Flow, facts) -> Part:
     "The forward part for `layer`, whose output (node `n`) carries `flow`."
     if (why := layer_problem(layer, n, facts)): raise Refusal(why.kind, why.text)
-    name, n_out = facts.qual(n.target), out_channels(layer)
+    name, n_out = facts.qual(n.target), _out_channels(layer)
     if len(flow.cmap) == 1:   # size 1 along the BatchNorm's axis: every element is that channel, wherever the layer's channels are
         return Part(name, 'out', flow.cmap.expand(n_out).clone(), flow.shift)
-    if (back := flow.axis(n, facts, 'back')) != channel_axis(layer):
-        refuse('rank', f'the BatchNorm normalizes dim {back} of the output of {facts.describe(n)}, whose channels are on dim {channel_axis(layer)}')
+    if (back := flow.axis(n, facts, 'back')) != _channel_axis(layer):
+        refuse('rank', f'the BatchNorm normalizes dim {back} of the output of {facts.describe(n)}, whose channels are on dim {_channel_axis(layer)}')
     if len(flow.cmap) != n_out: refuse('channels', f'`{name}` has {n_out} output channels where the BatchNorm sees {len(flow.cmap)}')
     return Part(name, 'out', flow.cmap, flow.shift)
 
@@ -1008,11 +1007,11 @@ def _take_in(u: fx.Node, x: fx.Node, layer, flow: Flow, t: Tensor, facts) -> Par
     "The backward part for `layer` (node `u`), whose input `x` carries `flow`."
     _check_input_of(u, x, facts)
     if (why := layer_problem(layer, u, facts)): raise Refusal(why.kind, why.text)
-    name, n_in = facts.qual(u.target), in_channels(layer)
+    name, n_in = facts.qual(u.target), _in_channels(layer)
     if len(flow.cmap) == 1 and flow.block == 1: cmap = flow.cmap.expand(n_in).clone()
     else:
-        if (back := flow.axis(x, facts, 'back')) != channel_axis(layer):
-            refuse('rank', f'the BatchNorm\'s channels are dim {back} of the input of {facts.describe(u)}, which mixes dim {channel_axis(layer)}')
+        if (back := flow.axis(x, facts, 'back')) != _channel_axis(layer):
+            refuse('rank', f'the BatchNorm\'s channels are dim {back} of the input of {facts.describe(u)}, which mixes dim {_channel_axis(layer)}')
         block = flow.block if flow.block is not None else n_in // len(flow.cmap) if n_in % len(flow.cmap) == 0 else 0
         if len(flow.cmap) * block != n_in: refuse('channels', f'`{name}` reads {n_in} channels where the BatchNorm gives {len(flow.cmap)}')
         cmap = flow.cmap.repeat_interleave(block)
@@ -1036,7 +1035,7 @@ def _bn_flow(node: fx.Node, bn, facts) -> Flow:
     if kind.ranks is not None and r not in kind.ranks:
         if r is None: _unknown_rank(x, facts)
         refuse('rank', f'{type(bn).__name__} is a per-channel map only on {"/".join(map(str, kind.ranks))}-D input; its input is {r}-D')
-    return Flow(torch.arange(bn_channels(bn)), 1, 1 - r if r is not None else None)
+    return Flow(torch.arange(_bn_channels(bn)), 1, 1 - r if r is not None else None)
 
 def plan_forward(node: fx.Node, bn: nn.Module, facts: GraphFacts) -> Decision:
     "A forward fold of `bn` into the layers that produce its input, through the moves of the table; refuses otherwise."
@@ -1139,14 +1138,14 @@ def _branch_into(node, bn, x, term, sign, flow, facts, decisions) -> Decision:
         if move is None or move.name not in ('identity', 'dropout'): _stop(n, facts, 'the sibling term comes from')
         n = n.args[0]
     if n.args[0] is not x: refuse('no-layer', f'{facts.describe(n)} does not read the BatchNorm\'s input')
-    if folded_bn is not None and (folded_bn.parts[0].layer != facts.qual(n.target) or not torch.equal(folded_bn.parts[0].channel_map, torch.arange(out_channels(layer)))):
+    if folded_bn is not None and (folded_bn.parts[0].layer != facts.qual(n.target) or not torch.equal(folded_bn.parts[0].channel_map, torch.arange(_out_channels(layer)))):
         refuse('nonlinear', f'the BatchNorm after {facts.describe(n)} does not fold into it whole')
     if (why := layer_problem(layer, n, facts)): raise Refusal(why.kind, why.text)
     name, c = facts.qual(n.target), len(flow.cmap)
     if isinstance(layer, nn.Linear) or not _centred(layer):
         refuse('no-layer', f'`{name}` is not a stride-1 conv with an odd kernel and centred (same) padding')
     if layer.in_channels != c or layer.out_channels != c: refuse('channels', f'`{name}` maps {layer.in_channels} to {layer.out_channels} channels, the BatchNorm has {c}')
-    if flow.axis(x, facts, 'back') != channel_axis(layer): refuse('rank', f'the BatchNorm\'s channels are not the channels of `{name}`')
+    if flow.axis(x, facts, 'back') != _channel_axis(layer): refuse('rank', f'the BatchNorm\'s channels are not the channels of `{name}`')
     return Decision(facts.qual(node.target), [Part(name, 'branch', flow.cmap, True, sign)], 'branch', 'add' if sign > 0 else 'sub')
 
 def _merge_chains(nodes: list, problems: dict, facts) -> None:
@@ -1156,7 +1155,7 @@ def _merge_chains(nodes: list, problems: dict, facts) -> None:
         n = node.args[0]
         while (m := find_move(n, facts, 'up')) is not None and m.name in ('identity', 'dropout', 'batchnorm') and len(_value_users(n)) == 1: n = n.args[0]
         if n.op != 'call_module' or not is_batchnorm(b1 := facts.module(n)) or problems.get(n, True) is not None: continue
-        if len(_value_users(n)) != 1 or not _plain_output(b1) or bn_channels(b1) != bn_channels(facts.module(node)): continue
+        if len(_value_users(n)) != 1 or not _plain_output(b1) or _bn_channels(b1) != _bn_channels(facts.module(node)): continue
         try: _bn_flow(node, facts.module(node), facts); _bn_flow(n, b1, facts)
         except Refusal: continue
         rep = facts.merged.get(n, n)
