@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 # %% auto #0
-__all__ = ['bn_affine', 'to_canonical', 'from_canonical', 'folded_params', 'cast_like', 'new_parameter']
+__all__ = ['bn_affine', 'to_canonical', 'from_canonical', 'folded_params', 'cast_like', 'new_parameter', 'fold_layer']
 
 # %% ../nbs/00_fold_math.ipynb #3e16a0c5
 def bn_affine(bn: nn.Module, # a BatchNorm (1d/2d/3d, any subclass) or torchvision's `FrozenBatchNorm2d`
@@ -82,7 +82,7 @@ def new_parameter(value: Tensor, # the new values (any dtype)
     ref = like if shape is None else like.new_empty(shape)
     return nn.Parameter(cast_like(ref, value), requires_grad=like.requires_grad)
 
-# %% fast path
+# %% ../nbs/00_fold_math.ipynb #d2923b5c
 def _own_index(layer: nn.Module, w: Tensor) -> Tensor:
     "For each (dim 0, dim 1) weight index in the layer's own layout, the channel on the other side: input channel (Conv, Linear) or output channel (ConvTranspose)."
     d0, d1, g = w.shape[0], w.shape[1], getattr(layer, 'groups', 1)
