@@ -178,7 +178,8 @@ def act_block(draw, shape): return draw(st.sampled_from([nn.ReLU(), nn.Identity(
 
 @st.composite
 def reshape_block(draw, shape):
-    "Rank-changing and layout ops: flatten, unflatten, view/reshape with explicit or inferred sizes, transpose, permute."
+    """Rank-changing and layout ops: flatten, unflatten (also after a no-op `flatten(1)` that "proves" 2-D, as in the issue),
+    view/reshape with explicit or inferred sizes, transpose, permute; half the time followed by a Linear on the new last dim."""
     r, n = len(shape), shape[0]
     ops = []
     if r >= 3: ops += [nn.Flatten(), Op('flatten'), Op('flatten_view'), Op('transpose', 1, 2), Op('transpose', 1, r - 1),
@@ -189,7 +190,11 @@ def reshape_block(draw, shape):
         lead = shape[1:-1]
         ops += [nn.Unflatten(r - 1, (a, f // a)), Op('view', n, *lead, a, f // a), Op('reshape_inferred', *lead, a, -1),
                 Op('torch_reshape', (-1, *lead, a, f // a))]
-    return draw(st.sampled_from(ops))
+        if r == 2: ops += [nn.Sequential(Op('flatten'), nn.Unflatten(1, (a, f // a)))]
+    op = draw(st.sampled_from(ops))
+    if draw(st.booleans()) and (new := _out_shape(op, shape)) is not None:
+        return nn.Sequential(op, nn.Linear(new[-1], draw(st.integers(1, 6))))   # then a BatchNorm1d may follow: the rank trap
+    return op
 
 @st.composite
 def cat_block(draw, shape):
@@ -331,16 +336,22 @@ def net_input(draw):
 
 @st.composite
 def random_net(draw):
+    torch.manual_seed(draw(st.integers(0, 2**16)))   # module initialization reproducible from the example alone
     x = draw(net_input())
     blocks, kinds = [], []
-    if not x.is_floating_point(): blocks.append(nn.Embedding(10, draw(st.integers(2, 6)))); kinds.append('embedding')
+    if not x.is_floating_point():   # ids: an Embedding, maybe after a no-op flatten(1) and before a Linear (bn(fc(emb(ids))))
+        emb = nn.Embedding(10, draw(st.integers(2, 6)))
+        if draw(st.booleans()): emb = nn.Sequential(Op('flatten'), emb)
+        if draw(st.booleans()): emb = nn.Sequential(emb, nn.Linear(emb(x).shape[-1], draw(st.integers(1, 6))))
+        blocks.append(emb); kinds.append('embedding')
     shape = tuple(blocks[0](x).shape) if blocks else tuple(x.shape)
+    if blocks and draw(st.booleans()): blocks.append(bn_for(shape)); kinds.append('bn')
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(kinds_for(shape)))
         block = draw(BLOCKS[kind](shape))
         if (new := _out_shape(block, shape)) is None: continue
         blocks.append(block); kinds.append(kind); shape = new
-        if kind in ('conv', 'cat', 'add', 'linear') and len(shape) >= 2 and draw(st.booleans()):
+        if kind in ('conv', 'cat', 'add', 'linear', 'reshape') and len(shape) >= 2 and draw(st.booleans()):
             blocks.append(bn_for(shape)); kinds.append('bn')   # a BatchNorm right after, of the rank it sees
     if len(shape) >= 3 and draw(st.booleans()):   # a head: flatten, then Linear / BatchNorm1d / ReLU / Dropout
         blocks.append(nn.Flatten()); f = int(torch.tensor(shape[1:]).prod())

@@ -383,7 +383,7 @@ def _fp16_check(m, x, factor=4):
     assert err <= factor * base, f'folded fp16 error {err:.3g} vs unfolded {base:.3g}\n{f.report}'
 
 def test_fp16_tiny_scale_underflows_folded_weights():
-    "Issue: gamma = 1e-6 makes the folded weights ~1e-6, fp16 subnormals (~35x the unfolded error)."
+    "Issue: gamma = 1e-6 makes the folded weights ~1e-6, fp16 subnormals (~30x the unfolded error)."
     m = nn.Sequential(nn.Conv2d(4, 8, 3), nn.BatchNorm2d(8)); nn.init.normal_(m[0].weight)
     with torch.no_grad(): m[1].weight.fill_(1e-6); m[1].bias.zero_(); m[1].running_mean.zero_(); m[1].running_var.fill_(1.)
     _fp16_check(m, torch.randn(2, 4, 9, 9) * 100)
