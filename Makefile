@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.fasterbn-installed
+# The install step reruns when the text of pyproject.toml or of this file changes, not when a tool rewrites one unchanged.
+STAMP  := $(VENV)/.fasterbn-installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 # torch and torchvision must match; these are the versions this project is tested with.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
@@ -13,11 +14,12 @@ help:
 	@echo "make docs   build the docs site into _docs/ and README.md (no Quarto needed)"
 	@echo "make bench  print the folding benchmark table, write bench/results.md and nbs/images/benchmark.png"
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_PINS)
+	rm -f $(VENV)/.fasterbn-installed*
 	touch $(STAMP)
 
 demo: $(STAMP)

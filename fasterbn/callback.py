@@ -6,14 +6,31 @@ Docs: https://fasterbn.github.io/fasterbn/callback.html.md"""
 
 # %% ../nbs/03_callback.ipynb #9f03b222
 from __future__ import annotations
-import sys, warnings
+import contextlib, copy, sys, warnings
 import torch, torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
-from fastai.callback.core import Callback
-from fastai.learner import Learner
+from fastcore.meta import delegates
+
+@contextlib.contextmanager
+def _quiet_fastai_import():
+    "Hide the `torch.jit.script` deprecation warning fastai's import raises on torch >= 2.10, and nothing else."
+    before = list(warnings.filters)
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    ours = warnings.filters[0]
+    try: yield
+    finally:   # remove only our filter: those the imported libraries add stay, and the user's are untouched
+        if ours not in before:
+            with contextlib.suppress(ValueError): warnings.filters.remove(ours)
+            getattr(warnings, '_filters_mutated', lambda: None)()
+
+with _quiet_fastai_import():
+    from fastai.callback.core import Callback
+    from fastai.learner import Learner
+    from fastai.torch_core import get_model
 from .folder import BN_Folder, FoldReport, _unwrap
 from .graph import is_batchnorm
+
 
 # %% auto #0
 __all__ = ['example_batch', 'BNFoldCallback']
@@ -62,6 +79,20 @@ def _broadcast_bn_buffers(model: nn.Module):
             for b in (m.running_mean, m.running_var):
                 if b is not None: dist.broadcast(b, src=0)
 
+def _folded_names(learn: Learner) -> list[str]:
+    "Names of the BatchNorms `learn.fold_bn` folded that are still folded in `learn.model`."
+    rep, model = getattr(learn, 'fold_report', None), _unwrap(learn.model)
+    if rep is None: return []
+    names = dict(model.named_modules())
+    return [r.bn for r in rep.folded if not is_batchnorm(names.get(r.bn, nn.Identity()))]
+
+def _unfold_state(learn: Learner, backward: bool) -> dict:
+    "What `Learner.load` needs to take a checkpoint of the model as it is now, once folded: its keys, its BatchNorms, its layers without a bias."
+    inner = _unwrap(learn.model)
+    return dict(keys=set(get_model(learn.model).state_dict()), backward=backward,
+                bns={n: copy.deepcopy(m) for n, m in inner.named_modules() if is_batchnorm(m)},   # small: 4 vectors each
+                biasless={n for n, m in inner.named_modules() if 'bias' in m._parameters and m._parameters['bias'] is None})
+
 @patch
 def fold_bn(self: Learner,
             backward: bool=True, # also fold a BatchNorm into the layer *after* it, where that is exact
@@ -73,20 +104,20 @@ def fold_bn(self: Learner,
     if sync is None: sync = isinstance(self.model, nn.parallel.DistributedDataParallel)
     if sync and dist.is_available() and dist.is_initialized(): _broadcast_bn_buffers(_unwrap(self.model))
     if example_inputs is None: example_inputs = example_batch(self)
+    prev = getattr(self, '_unfold_state', None) if _folded_names(self) else None   # the model still carries an earlier fold
+    state = _unfold_state(self, backward)
     folder = BN_Folder(backward=backward, verbose=verbose)
     folder.fold(self.model, inplace=True, example_inputs=example_inputs)
     self.fold_report = folder.report
-    if folder.report.n_folded: self.opt = None   # the next `fit`/`export` builds one over the folded Parameters
+    if folder.report.n_folded:
+        self.opt = None   # the next `fit`/`export` builds one over the folded Parameters
+        state['bns'] = {r.bn: state['bns'][r.bn] for r in folder.report.folded if r.bn in state['bns']}
+        if prev is not None: state = dict(prev, bns=prev['bns'] | state['bns'], backward=backward)   # unfold both folds at once
+        self._unfold_state = state
     return folder.report
 
-# %% ../nbs/03_callback.ipynb #7c37634a
-def _folded_names(learn: Learner) -> list[str]:
-    "Names of the BatchNorms `learn.fold_bn` folded that are still folded in `learn.model`."
-    rep, model = getattr(learn, 'fold_report', None), _unwrap(learn.model)
-    if rep is None: return []
-    names = dict(model.named_modules())
-    return [r.bn for r in rep.folded if not is_batchnorm(names.get(r.bn, nn.Identity()))]
 
+# %% ../nbs/03_callback.ipynb #7c37634a
 def _fine_tune_frame(learn: Learner):
     "The frame of a `learn.fine_tune` call that is running, if any."
     f = sys._getframe(1)
@@ -127,3 +158,66 @@ class BNFoldCallback(Callback):
         self._fine_tune = None
         if not _bn_names(_unwrap(self.model)): return   # nothing left to fold: keep the last report and the optimizer
         self.learn.fold_bn(backward=self.backward, verbose=self.verbose)
+
+# %% ../nbs/03_callback.ipynb #174db119
+_fastai_load = getattr(Learner.load, '_fastai_load', Learner.load)   # fastai's own, even if this module is loaded twice
+
+def _unfold(inner: nn.Module, state: dict) -> list:
+    "Put the folded BatchNorms back and drop the biases the fold added; return what undoes that."
+    undo, p = [], next(inner.parameters(), None)
+    for name, bn in state['bns'].items():
+        parent, _, attr = name.rpartition('.')
+        owner = inner.get_submodule(parent)
+        undo.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, copy.deepcopy(bn).to(p.device) if p is not None else copy.deepcopy(bn))   # a copy: the kept one serves the next load
+    for name in state['biasless']:
+        try: m = inner.get_submodule(name)
+        except AttributeError: continue
+        if m._parameters.get('bias') is not None: undo.append((m, 'bias', m.bias)); m.bias = None
+    return undo
+
+def _redo(undo: list):
+    for owner, attr, v in reversed(undo): setattr(owner, attr, v)
+
+def _few(keys) -> str: return ', '.join(repr(k) for k in sorted(keys)[:2]) + (', ...' if len(keys) > 2 else '')
+
+@patch
+@delegates(_fastai_load)
+def load(self: Learner, file, device=None, **kwargs):
+    "fastai's `Learner.load`, which also takes a checkpoint of the model as it was before `fold_bn`, and folds it."
+    state = getattr(self, '_unfold_state', None)
+    if state is None or not _folded_names(self): return _fastai_load(self, file, device=device, **kwargs)
+    target, refold, refused = get_model(self.model), [], []
+    own_load = target.load_state_dict
+    def load_state_dict(sd, strict=True, **kw):   # what fastai's `load_model` calls, with the checkpoint's model state
+        keys, now = set(sd), set(target.state_dict())
+        if keys == now or not keys & (state['keys'] - now): return own_load(sd, strict=strict, **kw)   # folded model's, or fastai's own error
+        if keys == state['keys'] or (not strict and keys <= state['keys']):
+            undo = _unfold(_unwrap(self.model), state)
+            shapes = {k: v.shape for k, v in target.state_dict().items()}
+            bad = [k for k, v in sd.items() if k in shapes and getattr(v, 'shape', None) != shapes[k]]
+            if not bad:
+                try: res = own_load(sd, strict=strict, **kw)
+                except BaseException: _redo(undo); raise
+                refold.append(True); return res
+            _redo(undo)
+            refused.append(f'its tensor {bad[0]!r} has shape {tuple(sd[bad[0]].shape)}, the model before the fold had {tuple(shapes[bad[0]])}')
+        else:
+            extra, missing = keys - state['keys'], state['keys'] - keys
+            refused.append('it holds weights of another unfolded model (' + '; '.join(
+                [f'{len(extra)} key(s) the model never had: {_few(extra)}'] * bool(extra) + [f'{len(missing)} missing: {_few(missing)}'] * bool(missing)) + ')')
+        raise RuntimeError(refused[-1])
+    target.load_state_dict = load_state_dict   # on the instance, for this call only
+    try: _fastai_load(self, file, device=device, **kwargs)
+    except RuntimeError:
+        if not refused: raise
+        n = len(_folded_names(self))
+        raise RuntimeError(f'cannot load {file!r} into learn.model: fasterbn folded {n} BatchNorm layer(s) out of it, and the checkpoint is neither '
+                           f'of the folded model nor of the model before the fold: {refused[-1]}. Load it into a learner whose model is not folded.') from None
+    finally: del target.load_state_dict
+    if refold:
+        self.opt = None   # fastai built it over the unfolded Parameters
+        self.fold_bn(backward=state['backward'])
+    return self
+Learner.load._fastai_load = _fastai_load
+

@@ -134,4 +134,4 @@ def _summary(r: dict) -> str:
         f'BN layers folded: {r["n_folded"]}, not folded: {r["n_not_folded"]}',
         f'largest logit difference on the validation set: {r["max_abs_diff"]:.2e}',
         f'latency: median of {r["repeats"]} alternating timed calls per model, {r["threads"]} CPU thread(s)',
-        f'latency chart: {Path(r["chart"]).resolve()}'])
+        f'latency chart: {r["chart"]}'])   # as the caller named it (relative to where it ran): no local path on the page

@@ -93,3 +93,68 @@ def test_fine_tune_folds_once_at_the_end():
     learn.model = _model()
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, 1e-2)
     assert states[2:] == ['BatchNorm2d', 'Identity']
+
+# ---- checkpoints written before the fold, the fastai import warning, a tabular model ----
+
+def test_load_checkpoint_of_the_unfolded_model(tmp_path):
+    "`learn.load` of the checkpoint `SaveModelCallback` wrote during the same fit: loaded into the unfolded layers, folded again."
+    from fastai.callback.tracker import SaveModelCallback
+    learn = _fit(Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), path=tmp_path,
+                         cbs=[SaveModelCallback(fname='best'), BNFoldCallback()]), 2)
+    xb = _dls().valid.one_batch()[0]
+    with torch.no_grad(): before = learn.model.eval()(xb)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # fastai: "Saved file doesn't contain an optimizer state"
+        learn.load('best')
+    assert type(learn.model[1]) is nn.Identity and learn.fold_report.n_folded == 1 and learn.opt is None
+    with torch.no_grad(): torch.testing.assert_close(learn.model.eval()(xb), before, rtol=1e-5, atol=1e-6)
+    learn.save('folded')                   # a checkpoint of the folded model loads as usual
+    learn.load('folded', with_opt=False)
+    with torch.no_grad(): torch.testing.assert_close(learn.model.eval()(xb), before, rtol=1e-5, atol=1e-6)
+
+def test_load_unrelated_checkpoint_says_the_model_was_folded(tmp_path):
+    "A checkpoint that is neither the folded nor the unfolded model: a clear error, and the folded model is left as it was."
+    learn = _fit(Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), path=tmp_path, cbs=BNFoldCallback()))
+    other = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 2), nn.BatchNorm1d(2))
+    (tmp_path/'models').mkdir()
+    torch.save(other.state_dict(), tmp_path/'models'/'other.pth')
+    state = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises(RuntimeError, match='fasterbn folded 1 BatchNorm') as e: learn.load('other', with_opt=False)
+    assert len(str(e.value).splitlines()) == 1 and '0 missing' not in str(e.value)
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in state.items()), 'a failed load changed the folded weights'
+
+def test_import_shows_no_fastai_warning():
+    "fastai's `torch.jit.script` deprecation warning is not shown on import, and the user's warning filters are untouched."
+    import subprocess, sys
+    code = ('import warnings; warnings.filterwarnings("error", message="mine"); before = list(warnings.filters); import fasterbn.callback; '
+            'assert before[0] in warnings.filters, "the user\'s filter is gone"; '
+            'assert not any(f[1] and "jit.script" in f[1].pattern for f in warnings.filters), "a filter of ours stayed"; '
+            'warnings.warn("the user\'s own", FutureWarning)')
+    p = subprocess.run([sys.executable, '-W', 'default', '-c', code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert 'torch.jit.script' not in p.stderr, p.stderr
+    assert "the user's own" in p.stderr   # warnings that are the user's still show
+
+def test_tabular_one_continuous_column():
+    "`tabular_learner` with one continuous column: its `BatchNorm1d(1)` goes through a `cat` into the first Linear, at the right offset."
+    import copy, numpy as np, pandas as pd
+    from fastai.tabular.all import TabularPandas, Categorify, tabular_learner, RandomSplitter, CategoryBlock, range_of
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({'a': rng.choice(list('xyz'), 200), 'b': rng.choice(list('pq'), 200), 'c': rng.normal(3, 2, 200)})
+    df['y'] = ((df.c > 3) ^ (df.a == 'x')).astype(int)
+    # no `Normalize`: `bn_cont` then learns mean ~3, variance ~4, far from the identity, so a fold at the wrong offset shows
+    to = TabularPandas(df, procs=[Categorify], cat_names=['a', 'b'], cont_names=['c'], y_names='y',
+                       y_block=CategoryBlock(), splits=RandomSplitter(seed=0)(range_of(df)))
+    dls = to.dataloaders(bs=32)
+    snapshot = {}
+    class Snapshot(Callback):
+        order = BNFoldCallback.order - 1   # just before the fold
+        def after_fit(self): snapshot.setdefault('model', copy.deepcopy(self.learn.model))   # get_preds calls after_fit too
+    torch.manual_seed(0)
+    learn = tabular_learner(dls, layers=[8, 4], cbs=[BNFoldCallback(), Snapshot()])
+    _fit(learn, 2)
+    assert learn.fold_report.n_folded == 3, learn.fold_report
+    with learn.no_bar(): after = learn.get_preds()[0]
+    learn.model = snapshot['model']
+    with learn.no_bar(): before = learn.get_preds()[0]
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the docs site into _docs/ and README.md without Quarto (see ../shared/nbdev-toolchain.md, A7):
-#   nbdev-proc-nbs   nbdev's own processing (show_doc, links, directives) of nbs/ into _proc/, as `nbdev-docs` does
+#   nbdev-proc-nbs   nbdev's own processing (show_doc, links, directives) of nbs/ into _proc/, as `nbdev-docs` does,
+#                    through tools/proc_nbs.py, which keeps the doc blocks of one cell in source order
 #   smalldocs        renders that Quarto project into HTML, offline (pure Python, pinned in the dev extra)
 #   then             pages get their nbdev names (00_folder.html -> folder.html, as Quarto's `output-file` would),
-#                    links to the published site become relative so the site reads offline, and README.md is
-#                    written from the processed index notebook.
+#                    links to the published site become relative so the site reads offline, KaTeX comes from
+#                    tools/katex/ instead of a CDN (maths renders offline), and README.md is written from the
+#                    processed index notebook.
 # On a machine with Quarto, `nbdev-docs` builds the published site from the same notebooks, unchanged.
 # Usage: tools/docs.sh [--out DIR] [--no-readme]
 set -euo pipefail
@@ -26,7 +28,7 @@ if ! command -v quarto >/dev/null 2>&1; then
   printf '#!/bin/sh\necho "quarto is not installed (stub from tools/docs.sh)" >&2; exit 1\n' > "$TMP/quarto"; chmod +x "$TMP/quarto"
   PROC_PATH="$TMP:$PATH"
 fi
-PATH="$PROC_PATH" nbdev-proc-nbs --file-re '\.(?:ipynb|qmd|html)$'
+PATH="$PROC_PATH" "$PY" tools/proc_nbs.py
 rm -rf _proc/_docs
 LOG="$TMP/smalldocs.log"
 smalldocs render _proc >"$LOG" 2>&1 || { cat "$LOG"; exit 1; }
@@ -50,12 +52,22 @@ host = (cfg.doc_host + cfg.doc_baseurl).rstrip('/') + '/'
 def fix(text, depth):
     up = '../' * depth
     text = text.replace(f'href="{host}', f'href="{up}')   # auto-links to the published pages, and the home link
+    text = re.sub(r'https://cdn\.jsdelivr\.net/npm/katex@[\w.-]+/dist', up + 'site_libs/katex', text)   # vendored KaTeX
     for old, new in renames.items():
         text = re.sub(r'(href="(?:\.\./)*|"href":\s*"|<loc>[^<]*/)' + re.escape(old) + r'(?=[#"<])', lambda m: m.group(1) + new, text)
     return text
+def polish(html):
+    """Figures may use the table of contents' width too (Quarto's `column-page-right`), and link to the image at full size;
+    short cells of right-aligned (number) columns are marked `sd-num`, so that `3.1e-07` never breaks at its minus."""
+    html = re.sub(r'<td style="text-align: ?right;?">(?=[^<\s]{1,16}</td>)', '<td style="text-align:right" class="sd-num">', html)
+    html = re.sub(r'<div class="quarto-figure(?![^"]*column-)', '<div class="column-page-right quarto-figure', html)
+    return re.sub(r'<img\b[^>]*\bsrc="(?!data:)([^"]+)"[^>]*\bclass="[^"]*figure-img[^"]*"[^>]*>',
+                  lambda m: f'<a class="sd-zoom" href="{m.group(1)}" title="open at full size">{m.group(0)}</a>', html)
+shutil.copytree('tools/katex', site/'site_libs'/'katex', ignore=shutil.ignore_patterns('README.md'))
 for f in site.rglob('*'):
     if f.suffix in ('.html', '.json', '.xml'):
-        f.write_text(fix(f.read_text(), len(f.relative_to(site).parts) - 1))
+        text = fix(f.read_text(), len(f.relative_to(site).parts) - 1)
+        f.write_text(polish(text) if f.suffix == ".html" else text)
 # smalldocs' warnings, less those about what Quarto-only keys do and links that the renames above resolved
 skip = ('output-file is not read', 'format commonmark is not built', 'keep-md is ignored', 'unknown key format-links')
 for line in Path(sys.argv[2]).read_text().splitlines():
