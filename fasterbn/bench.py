@@ -6,24 +6,29 @@ Docs: https://fasterbn.github.io/fasterbn/benchmark.html.md"""
 
 # %% ../nbs/06_benchmark.ipynb #667a90d4
 from __future__ import annotations
-import argparse, copy, datetime, importlib.metadata, importlib.util, math, os, platform, shlex, statistics, sys, time, warnings
+import argparse, copy, datetime, gc, importlib.metadata, importlib.util, math, os, platform, shlex, statistics, sys, tempfile, time, warnings
 from pathlib import Path
 import torch, torch.nn as nn
+import torch.fx as fx
 from rich.console import Console
 from rich.progress import Progress, TextColumn, BarColumn, MofNCompleteColumn, TimeElapsedColumn
 from .folder import BN_Folder, randomize_bn, interleaved_times, latency_ratio, _flat_outputs, _to_double, _first_line
 from .graph import is_batchnorm
+from .cli import CLIError, _write_atomic
+
 
 # %% auto #0
-__all__ = ['TORCHVISION_MODELS', 'FASTAI_MODELS', 'DEFAULT_MODELS', 'QUICK_MODELS', 'TOOLS', 'make_model', 'count_bn',
-           'fasterai_available', 'run_bench', 'format_table', 'write_results', 'read_results', 'summary_table',
-           'plot_bench', 'bench_main']
+__all__ = ['TORCHVISION_MODELS', 'FASTAI_MODELS', 'DEFAULT_MODELS', 'QUICK_MODELS', 'FOLD_TIME_MODELS', 'TOOLS', 'SHORT',
+           'BASELINE', 'make_model', 'count_bn', 'fasterai_available', 'baseline_fold', 'run_bench', 'format_table',
+           'format_fold_times', 'results_text', 'write_results', 'read_results', 'summary_table', 'plot_bench',
+           'bench_main']
 
 # %% ../nbs/06_benchmark.ipynb #c765c6da
 TORCHVISION_MODELS = ['resnet18', 'resnet50', 'mobilenet_v2', 'efficientnet_b0', 'densenet121']
 FASTAI_MODELS = ['fastai_resnet18', 'fastai_xresnet50', 'fastai_tabular']
 DEFAULT_MODELS = TORCHVISION_MODELS + FASTAI_MODELS
 QUICK_MODELS = ['resnet18', 'mobilenet_v2']
+FOLD_TIME_MODELS = ['resnet18', 'resnet50', 'mobilenet_v2', 'efficientnet_b0']   # the CNNs of the fold-time target
 
 def _image_inputs(bs: int): return (torch.randn(bs, 3, 224, 224),)
 
@@ -98,6 +103,15 @@ def _fold_fasterai(model, inputs):
 
 TOOLS = {'fasterbn': _fold_fasterbn(True), 'fasterbn forward-only': _fold_fasterbn(False),
          'torch.fx fuse': _fold_fx_fuse, 'quantize_fx.fuse_fx': _fold_fuse_fx, 'fasterai BN_Folder': _fold_fasterai}
+SHORT = {'unfolded fp32': 'unfolded fp32', 'fasterbn': 'fasterbn', 'fasterbn forward-only': 'fasterbn fwd-only',
+         'torch.fx fuse': 'fx fuse', 'quantize_fx.fuse_fx': 'fuse_fx', 'fasterai BN_Folder': 'fasterai'}   # names in the tables
+
+BASELINE = 'deepcopy + symbolic_trace'
+def baseline_fold(model: nn.Module, # the model every tool copies and traces
+                 ) -> fx.GraphModule:
+    "The floor of an fx-based fold: copy the model and trace it, and nothing else."
+    return fx.symbolic_trace(copy.deepcopy(model))
+
 
 # %% ../nbs/06_benchmark.ipynb #d8ff3eac
 def _rel_err(model, inputs, ref) -> float:
@@ -106,10 +120,21 @@ def _rel_err(model, inputs, ref) -> float:
     return max(float((o.double() - r).abs().max()) for o, r in zip(out, ref)) / scale
 
 def _row(model_name, tool, n_bn, batch_sizes, **kw):
-    return dict(model=model_name, tool=tool, bn_total=n_bn, folded=None, not_folded=None, rel_err=None, fold_s=None,
+    return dict(model=model_name, tool=tool, bn_total=n_bn, folded=None, not_folded=None, rel_err=None, fold_s=None, fold_x=None,
                 **{f'ratio_b{bs}': None for bs in batch_sizes}, error=None) | kw
 
-def _bench_model(name, tools, batch_sizes, repeats, warmup, have_fasterai, say) -> list[dict]:
+def _fold_times(calls: dict, repeats: int) -> dict:
+    "Seconds per call of each function in `calls`, timed once per repeat in a rotating order, the garbage collector off while timed."
+    names, times = list(calls), {n: [] for n in calls}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            gc.collect(); gc.disable()
+            try:
+                t0 = time.perf_counter(); calls[n](); times[n].append(time.perf_counter() - t0)
+            finally: gc.enable()
+    return times
+
+def _bench_model(name, tools, batch_sizes, repeats, warmup, fold_repeats, have_fasterai, say) -> list[dict]:
     "The rows of one model: its unfolded yardstick, then one per tool."
     try: model, make_inputs = make_model(name)
     except Exception as e: return [_row(name, 'unfolded fp32', None, batch_sizes, error=f'error: {_first_line(e)}')]
@@ -118,23 +143,36 @@ def _bench_model(name, tools, batch_sizes, repeats, warmup, have_fasterai, say) 
     base = _row(name, 'unfolded fp32', n_bn, batch_sizes, folded=0, not_folded=n_bn, rel_err=_rel_err(model, x, ref),
                 **{f'ratio_b{bs}': 1.0 for bs in batch_sizes})
     rows, variants = [base], {'unfolded fp32': model}
-    for tool in tools:
+    for tool in tools:   # one fold each: counts and error (and the warm-up of the fold-time measurement below)
         row = _row(name, tool, n_bn, batch_sizes)
         rows.append(row)
         if tool == 'fasterai BN_Folder' and not have_fasterai:
             row['error'] = 'not installed (pip install "fasterbn[bench]")'; continue
         try:
-            t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 folded, row['folded'], row['not_folded'] = TOOLS[tool](model, x)
-            row['fold_s'] = time.perf_counter() - t0
             folded.eval()
             row['rel_err'] = _rel_err(folded, x, ref)
         except Exception as e:
             row['error'] = f'error: {_first_line(e)}'; continue
         variants[tool] = folded
-        say(f'    {tool}: {row["folded"]}/{n_bn} folded, rel. error {row["rel_err"]:.1e}, {row["fold_s"]:.2f} s')
+        say(f'    {tool}: {row["folded"]}/{n_bn} folded, rel. error {row["rel_err"]:.1e}')
+    if fold_repeats:
+        calls = {t: (lambda t=t: TOOLS[t](model, x)) for t in variants if t != 'unfolded fp32'}
+        try: baseline_fold(model); calls = {BASELINE: lambda: baseline_fold(model)} | calls
+        except Exception as e: base['fold_error'] = f'{BASELINE} failed ({_first_line(e)}): fold times in ms, without ratios'
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            times = _fold_times(calls, fold_repeats)
+        if BASELINE in times: base['fold_s'] = statistics.median(times[BASELINE])
+        for r in rows:
+            if r['tool'] not in times: continue
+            r['fold_s'] = statistics.median(times[r['tool']])
+            if BASELINE in times: r['fold_x'] = latency_ratio(times[r['tool']], times[BASELINE])
+            if r['tool'] == 'fasterbn' and 'torch.fx fuse' in times: r['fold_vs_fuse'] = latency_ratio(times['fasterbn'], times['torch.fx fuse'])
+        say('    fold time: ' + (f'{BASELINE} {1e3 * base["fold_s"]:.0f} ms; ' if base['fold_s'] else '') +
+            ', '.join(f'{r["tool"]} ' + (f'{r["fold_x"]:.2f}x' if r['fold_x'] is not None else f'{1e3 * r["fold_s"]:.0f} ms') for r in rows if r['fold_s'] and r is not base))
     for bs in batch_sizes:
         times = interleaved_times(variants, make_inputs(bs), repeats=repeats, warmup=warmup)
         timed = [r for r in rows if r['tool'] in times]
@@ -145,15 +183,16 @@ def _bench_model(name, tools, batch_sizes, repeats, warmup, have_fasterai, say) 
     return rows
 
 def run_bench(models: list|None=None, # model names (see `make_model`); default `DEFAULT_MODELS`, or `QUICK_MODELS` with `quick`
-              batch_sizes: tuple=(1, 8), # batch sizes of the latency ratios
-              repeats: int=9, # timings per model variant and batch size; the ratio is the median over them
+              batch_sizes: tuple=(1, 8), # batch sizes of the latency ratios; `()` measures no latency
+              repeats: int=9, # latency timings per model variant and batch size; the ratio is the median over them
               quick: bool=False, # a smoke run: `QUICK_MODELS`, batch 1, 3 repeats, 1 warm-up call
               progress: bool=True, # show a progress bar and what is running, on stderr
               warmup: int=2, # untimed calls per variant before timing
               tools: list|None=None, # tool names (keys of `TOOLS`); default all
-             ) -> list[dict]: # one dict per (model, tool), keys as in `format_table`
+              fold_repeats: int=5, # fold-time timings per tool and model, interleaved; 0 measures no fold time
+             ) -> list[dict]: # one dict per (model, tool), keys as in `format_table` and `format_fold_times`
     "Fold each model with each tool; measure counts, error against float64, fold time and latency ratios, side by side."
-    if quick: models, batch_sizes, repeats, warmup = models or QUICK_MODELS, (1,), min(repeats, 3), 1
+    if quick: models, batch_sizes, repeats, warmup, fold_repeats = models or QUICK_MODELS, batch_sizes[:1], min(repeats, 3), 1, min(fold_repeats, 3)
     models, tools = list(models or DEFAULT_MODELS), list(tools or TOOLS)
     have_fasterai = fasterai_available() if 'fasterai BN_Folder' in tools else False
     bar = Progress(TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -166,27 +205,65 @@ def run_bench(models: list|None=None, # model names (see `make_model`); default 
         for i, name in enumerate(models):
             bar.update(task, description=name)
             say(f'[{i+1}/{len(models)}] {name}')
-            rows += _bench_model(name, tools, batch_sizes, repeats, warmup, have_fasterai, say)
+            rows += _bench_model(name, tools, tuple(batch_sizes), repeats, warmup, fold_repeats, have_fasterai, say)
             bar.advance(task)
     return rows
+
 
 # %% ../nbs/06_benchmark.ipynb #5e5bbd8e
 def _fmt(v, spec):
     return '—' if v is None else format(v, spec)
 
+def _bss(rows) -> list[int]: return sorted({int(k[7:]) for r in rows for k in r if k.startswith('ratio_b')})
+
+def _md(head: list, body: list, right_from: int) -> list[str]:
+    "A markdown table: `head`, then `body` rows; columns from `right_from` on are numbers, right-aligned."
+    return ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * right_from + ['---:'] * (len(head) - right_from)) + '|',
+            *('| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |' for cells in body)]
+
+def _notes(rows, key='error') -> dict:
+    "Each distinct failure text, numbered in order of appearance (a tool that is not installed needs no note)."
+    return {t: i + 1 for i, t in enumerate(dict.fromkeys(r[key] for r in rows if r.get(key) and not r[key].startswith('not installed')))}
+
+def _note_list(notes: dict) -> str:
+    return '\n'.join(f'{i}. {t}' if i != '-' else f'- {t}' for t, i in notes.items())
+
 def format_table(rows: list[dict], # as returned by `run_bench`
-                ) -> str: # a markdown table
-    "The benchmark rows as a markdown table."
-    bss = sorted({int(k[7:]) for r in rows for k in r if k.startswith('ratio_b')})
-    head = ['model', 'tool', 'BN total', 'folded', 'not folded', 'rel. error vs fp64', 'fold time (s)'] + [f'latency ratio b{bs}' for bs in bss]
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---', '---'] + ['---:'] * (len(head) - 2)) + '|']
+                ) -> str: # a markdown table, then the numbered notes it refers to
+    "The benchmark rows as a markdown table: numbers only in the number columns, a tool's failure as a numbered note under the table."
+    bss, notes = _bss(rows), _notes(rows)
+    body = []
     for r in rows:
-        cells = [r['model'], r['tool'], _fmt(r['bn_total'], 'd')]
-        cells += [r['error'], '—', '—', '—'] if r.get('error') else [
-            _fmt(r['folded'], 'd'), _fmt(r['not_folded'], 'd'), _fmt(r['rel_err'], '.1e'), _fmt(r['fold_s'], '.2f')]
-        cells += [_fmt(r.get(f'ratio_b{bs}'), '.3f') for bs in bss]
-        lines.append('| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |')
-    return '\n'.join(lines)
+        tool, err = SHORT.get(r['tool'], r['tool']), r.get('error')
+        if err: tool += f' (note {notes[err]})' if err in notes else ' (not installed)'
+        folded = None if err or r['folded'] is None else f"{r['folded']}/{r['bn_total']}"
+        body.append([r['model'], tool, folded or '—', _fmt(None if err else r['rel_err'], '.1e'),
+                     *(_fmt(None if err else r.get(f'ratio_b{bs}'), '.3f') for bs in bss)])
+    lines = _md(['model', 'tool', 'BNs folded', 'rel. error', *(f'latency b{bs}' for bs in bss)], body, 2)
+    missing = sorted({SHORT.get(r['tool'], r['tool']) for r in rows if (r.get('error') or '').startswith('not installed')})
+    if missing: notes = notes | {f'not installed: {", ".join(missing)} (pip install "fasterbn[bench]")': '-'}
+    return '\n'.join(lines) + (f'\n\nNotes:\n\n{_note_list(notes)}' if notes else '')
+
+def format_fold_times(rows: list[dict], # as returned by `run_bench`
+                     ) -> str: # a markdown table, one row per model, then notes
+    "Fold time of each tool over that of `deepcopy + symbolic_trace`, measured interleaved, one row per model; and fasterbn's over `fuse`'s."
+    models = list(dict.fromkeys(r['model'] for r in rows))
+    tools = [t for t in dict.fromkeys(r['tool'] for r in rows) if t != 'unfolded fp32']
+    get, notes = {(r['model'], r['tool']): r for r in rows}, _notes(rows, 'fold_error')
+    body = []
+    for m in models:
+        base = get.get((m, 'unfolded fp32'), {})
+        cells = [m + (f' (note {notes[base["fold_error"]]})' if base.get('fold_error') else ''),
+                 _fmt(base.get('fold_s') and 1e3 * base['fold_s'], '.0f')]
+        for t in tools:
+            r = get.get((m, t), {})
+            cells.append(f"{r['fold_x']:.2f}" if r.get('fold_x') is not None else
+                         f"{1e3 * r['fold_s']:.0f} ms" if r.get('fold_s') else '—')
+        cells.append(_fmt(get.get((m, 'fasterbn'), {}).get('fold_vs_fuse'), '.2f'))
+        body.append(cells)
+    lines = _md(['model', 'baseline (ms)', *(SHORT.get(t, t) for t in tools), 'fasterbn ÷ fx fuse'], body, 1)
+    return '\n'.join(lines) + (f'\n\nNotes:\n\n{_note_list(notes)}' if notes else '')
+
 
 # %% ../nbs/06_benchmark.ipynb #75bc352e
 def _versions() -> str:
@@ -200,14 +277,16 @@ def _cpu_name() -> str:
     try: return next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))
     except Exception: return platform.processor() or platform.machine()
 
-def write_results(rows: list[dict], # as returned by `run_bench`
-                  path: str|Path, # the markdown file to write
-                  command: str, # the command line that produced `rows`
-                  plot: str|None=None, # path of the figure, relative to `path`'s folder, to link from the file
-                  notes: list=(), # extra lines for the header, e.g. the machine's load during the run
-                 ) -> Path: # `path`
-    "Write the benchmark table with its command, date and machine to a markdown file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+_TOOLS_LEGEND = ('Tools: `fasterbn` folds forward and backward, `fasterbn fwd-only` only into the layer before; `fx fuse` is '
+                 '`torch.fx.experimental.optimization.fuse`, `fuse_fx` is `torch.ao.quantization.quantize_fx.fuse_fx`, `fasterai` is '
+                 '`fasterai.misc.bn_folding.BN_Folder`; `unfolded fp32` is the model as it was, the yardstick.')
+
+def results_text(rows: list[dict], # as returned by `run_bench`
+                 command: str, # the command line that produced `rows`
+                 plot: str|None=None, # path of the figure, relative to the results file's folder, to link from it
+                 notes: list=(), # extra lines for the header, e.g. the machine's load during the run
+                ) -> str: # markdown
+    "The results of a benchmark run as a markdown document: how it was run, then its tables."
     times = [f'{r["model"]} {r[k]:.1f} ms (b{k[6:-3]})' for r in rows if r['tool'] == 'unfolded fp32' for k in r if k.startswith('time_b')]
     text = f"""# fasterbn benchmark results
 
@@ -216,124 +295,200 @@ def write_results(rows: list[dict], # as returned by `run_bench`
 - machine: {_cpu_name()}, `nproc` = {os.cpu_count()}, torch threads = {torch.get_num_threads()}, no GPU used; Python {platform.python_version()}
 - versions: {_versions()}
 {"".join(f"- {n}{chr(10)}" for n in notes)}
-All numbers come from this one run. The latency ratios are measured **side by side in one run, interleaved**: per model and batch size, every variant (unfolded and each tool's output) is warmed up, then timed once per repeat in a rotating order; a ratio is the median over repeats of the folded model's time over the unfolded model's time in the same repeat (below 1 is faster). Other jobs may share the CPU during a run (see the load averages above); the interleaving spreads their effect over the variants, but ratios within ±0.03 of each other are not distinguishable. Inputs are 224x224 images (rows for the tabular model).
+All numbers come from this one run. {_TOOLS_LEGEND}
 
-`rel. error vs fp64`: max abs difference of the tool's float32 output from a float64 copy of the unfolded model, over the max abs of that output, with randomized BatchNorm statistics. `unfolded fp32` is the yardstick (float32 rounding); an exact fold stays within a small multiple of it, an error of 1e-2 or more means the tool changed what the model computes.
+### BatchNorms folded, exactness, latency
 
-{format_table(rows)}
-"""
+`BNs folded`: BatchNorm modules the tool removed, of all in the model. `rel. error`: the largest absolute difference of the tool's float32 output from a float64 copy of the unfolded model, over the largest absolute value of that output, with randomized BatchNorm statistics; an exact fold stays within a small multiple of the `unfolded fp32` row (float32 rounding), an error of 1e-2 or more means the tool changed what the model computes."""
+    if _bss(rows): text += """ `latency bN`: forward time of the folded model over the unfolded one at batch N (below 1 is faster), **measured side by side in one run, interleaved**: every variant of a model is warmed up, then timed once per repeat in a rotating order, and a ratio is the median over repeats of the folded time over the unfolded time of the same repeat. Other jobs may share the CPU (see the load averages above); the interleaving spreads their effect over the variants, but ratios within ±0.03 of each other are not distinguishable. Inputs are 224x224 images (rows for the tabular model)."""
+    text += f'\n\n{format_table(rows)}\n'
     if times: text += f'\nUnfolded latency: {"; ".join(times)}.\n'
+    if any(r.get('fold_s') for r in rows): text += f"""
+### Fold time
+
+`baseline (ms)`: median time of `{BASELINE}` of the model, the floor under every fx-based fold. Each tool's column: its fold time over the baseline's, the median over repeats of the ratio within one repeat (the baseline and every tool are timed once per repeat, in a rotating order, garbage collector off while timed). fasterbn's time includes its run of the example batch. `fasterbn ÷ fx fuse`: fasterbn's fold time over `fuse`'s, the same way (at or below 1 is the target on resnet18, resnet50, mobilenet_v2 and efficientnet_b0).
+
+{format_fold_times(rows)}
+"""
     if plot: text += f'\n![benchmark]({plot})\n'
-    path.write_text(text)
+    return text
+
+def write_results(rows: list[dict], # as returned by `run_bench`
+                  path: str|Path, # the markdown file to write (atomically: the old file, or the whole new one)
+                  command: str, # the command line that produced `rows`
+                  plot: str|None=None, # path of the figure, relative to `path`'s folder, to link from the file
+                  notes: list=(), # extra lines for the header, e.g. the machine's load during the run
+                 ) -> Path: # `path`
+    "Write `results_text` to a markdown file."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    text = results_text(rows, command, plot, notes)
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
     return path
+
 
 # %% ../nbs/06_benchmark.ipynb #b3037b90
 def read_results(path: str|Path='bench/results.md', # a results file written by `write_results`
+                 table: int=0, # which table of the file: 0 the main one, 1 the fold times
                 ) -> list[dict]: # one dict per table row, keyed by the table's column headers
-    "The rows of the table in a results file, as strings."
-    rows = [l.strip().strip('|').split('|') for l in Path(path).read_text().splitlines() if l.startswith('|')]
+    "The rows of a table in a results file, as strings."
+    tables, cur = [], []
+    for l in Path(path).read_text().splitlines() + ['']:
+        if l.startswith('|'): cur.append(l)
+        elif cur: tables.append(cur); cur = []
+    if table >= len(tables): return []
+    rows = [l.strip().strip('|').split('|') for l in tables[table]]
     header = [h.strip() for h in rows[0]]
     return [dict(zip(header, (c.strip() for c in r))) for r in rows[2:]]
 
-_SHORT = {'fasterbn': 'fasterbn', 'fasterbn forward-only': 'forward-only', 'torch.fx fuse': 'fx fuse',
-          'quantize_fx.fuse_fx': 'fuse_fx', 'fasterai BN_Folder': 'fasterai'}
+_SUMMARY = ['fasterbn', 'fasterbn fwd-only', 'fx fuse', 'fuse_fx', 'fasterai']
 
 def summary_table(rows: list[dict], # from `read_results`
                  ) -> str: # a markdown table, one row per model
-    "A narrow view of a results table: BatchNorms folded per tool, and fasterbn's error and latency ratios."
-    models = list(dict.fromkeys(r['model'] for r in rows))
+    "A narrow view of a results table: BatchNorms folded per tool, and fasterbn's error and latency ratio at the largest batch."
+    def short(tool): return SHORT.get(tool, tool).split(' (note')[0]   # files written before the short names have the long ones
+    def find(model, tool): return next((r for r in rows if r['model'] == model and short(r['tool']) == tool), None)
     def cell(model, tool):
-        r = next((r for r in rows if r['model'] == model and r['tool'] == tool), None)
+        r = find(model, tool)
         if r is None: return 'n/a'
+        if 'BNs folded' in r: return r['BNs folded'] if r['BNs folded'] != '—' else 'n/a' if 'not installed' in r['tool'] else 'error'
         if r['folded'].startswith(('error', 'not installed')): return r['folded'].split(':')[0]
         return f"{r['folded']}/{r['BN total']}"
-    lines = ['| model | ' + ' | '.join(_SHORT.values()) + ' | error | latency |',
-             '|---|' + '---:|' * (len(_SHORT) + 2)]
+    models = list(dict.fromkeys(r['model'] for r in rows))
+    lat = max((k for k in (rows[0] if rows else {}) if k.startswith('latency')), key=lambda k: int(k.rsplit('b', 1)[1]), default=None)
+    body = []
     for m in models:
-        fb = next((r for r in rows if r['model'] == m and r['tool'] == 'fasterbn'), {})
-        lat = fb.get('latency ratio b8', '—')
-        lines.append(f'| {m} | ' + ' | '.join(cell(m, t) for t in _SHORT) + f" | {fb.get('rel. error vs fp64', '—')} | {lat} |")
-    return '\n'.join(lines)
+        fb = find(m, 'fasterbn') or {}
+        body.append([m, *(cell(m, t) for t in _SUMMARY), fb.get('rel. error', fb.get('rel. error vs fp64', '—')), fb.get(lat, '—') if lat else '—'])
+    return '\n'.join(_md(['model', *[t.replace('fasterbn fwd-only', 'fwd-only') for t in _SUMMARY], 'error', 'latency'], body, 1))
+
 
 # %% ../nbs/06_benchmark.ipynb #333903bc
 def plot_bench(rows: list[dict], # as returned by `run_bench`
-               path: str|Path|None=None, # save the figure there (PNG) if given
+               path: str|Path|None=None, # save the figure there (PNG, written atomically) if given
                exact_tol: float=1e-3, # relative error above which a tool's bar is hatched as "output changed"
               ):
-    "Grouped bars per model: fraction of BatchNorms folded and latency ratio, one bar per tool."
+    "One panel per measure, stacked so the figure reads at phone width too: BatchNorms folded, latency ratio, fold time; one bar per tool."
     import matplotlib
     if path is not None and matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     models = list(dict.fromkeys(r['model'] for r in rows))
     tools = [t for t in dict.fromkeys(r['tool'] for r in rows) if t != 'unfolded fp32']
-    bss = sorted({int(k[7:]) for r in rows for k in r if k.startswith('ratio_b')})
-    get = {(r['model'], r['tool']): r for r in rows}
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw=dict(width_ratios=[1, 1]))
-    w, colors = 0.8 / len(tools), plt.cm.tab10.colors
-    for ax, what in zip(axes, ['fraction', f'ratio_b{bss[-1]}']):
-        for j, tool in enumerate(tools):
-            xs, ys, bad, labels = [], [], [], []
-            for i, m in enumerate(models):
-                r, x = get.get((m, tool)), i + (j - (len(tools) - 1) / 2) * w
-                if r is None: continue
-                if r.get('error') or r.get('folded') is None:   # say why there is no bar
-                    ax.text(x, .01 if what == 'fraction' else 1.0, 'n/a' if 'not installed' in (r.get('error') or '') else 'error',
-                            rotation=90, ha='center', va='bottom', fontsize=7, color=colors[j % 10])
-                    continue
-                y = r['folded'] / r['bn_total'] if what == 'fraction' and r['bn_total'] else r.get(what)
-                if y is None or what == 'fraction' and not r['bn_total']: continue
-                xs.append(x); ys.append(y); bad.append((r['rel_err'] or 0) > exact_tol); labels.append(str(r['folded']) if what == 'fraction' else '')
-            bars = ax.bar(xs, ys, w, color=colors[j % 10], label=tool)
-            for b, is_bad, lab in zip(bars, bad, labels):
-                if is_bad: b.set_hatch('xx'); b.set_edgecolor('black')
-                if lab: ax.text(b.get_x() + b.get_width() / 2, b.get_height() + .01, lab, rotation=90, ha='center', va='bottom', fontsize=7)
-        ax.set_xticks(range(len(models)), models, rotation=25, ha='right')
-        ax.grid(axis='y', alpha=.3)
-    axes[0].set_ylim(0, 1.15); axes[0].set_ylabel('BatchNorms folded / total (bar labels: number folded)'); axes[0].set_title('Fraction of BatchNorms folded (higher is better)')
-    axes[1].axhline(1, color='black', lw=.8)
-    axes[1].set_ylabel('folded / unfolded latency'); axes[1].set_title(f'Latency ratio at batch {bss[-1]} (lower is faster)')
-    hs = [b.get_height() for b in axes[1].patches] + [1]
-    axes[1].set_ylim(max(0, min(hs) - .1), max(hs) + .08)
-    handles, labels = [Patch(facecolor=colors[j % 10]) for j in range(len(tools))], list(tools)   # plain colours, whatever the first bar looks like
-    handles.append(Patch(facecolor='white', edgecolor='black', hatch='xx')); labels.append(f'output changed (rel. error > {exact_tol:g})')
-    fig.legend(handles, labels, loc='upper center', ncol=len(labels), frameon=False, bbox_to_anchor=(.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, .93))
+    bss, get = _bss(rows), {(r['model'], r['tool']): r for r in rows}
+    panels = [('fraction', 'BatchNorms folded (higher is better)', 'folded / total')]
+    if bss: panels.append((f'ratio_b{bss[-1]}', f'Latency at batch {bss[-1]} (lower is faster)', 'folded / unfolded'))
+    if any(r.get('fold_x') is not None for r in rows): panels.append(('fold_x', 'Fold time (lower is faster)', 'over deepcopy + trace'))
+    w, colors = 0.8 / max(len(tools), 1), plt.cm.tab10.colors
+    with plt.rc_context({'font.size': 13, 'axes.titlesize': 14, 'axes.titleweight': 'bold'}):   # large for the width: it reads at 390 px too
+        fig, axes = plt.subplots(len(panels), 1, figsize=(6.6, 1.5 + 3 * len(panels)), sharex=True, squeeze=False)
+        axes = axes[:, 0]
+        for ax, (what, title, ylabel) in zip(axes, panels):
+            for j, tool in enumerate(tools):
+                xs, ys, bad = [], [], []
+                for i, m in enumerate(models):
+                    r, x = get.get((m, tool)), i + (j - (len(tools) - 1) / 2) * w
+                    if r is None: continue
+                    if r.get('error') or r.get('folded') is None:   # say why there is no bar
+                        ax.text(x, 0.02, '×', ha='center', va='bottom', fontsize=11, color=colors[j % 10], transform=ax.get_xaxis_transform())
+                        continue
+                    y = r['folded'] / r['bn_total'] if what == 'fraction' and r['bn_total'] else r.get(what)
+                    if y is None: continue
+                    xs.append(x); ys.append(y); bad.append((r['rel_err'] or 0) > exact_tol)
+                for b, is_bad in zip(ax.bar(xs, ys, w, color=colors[j % 10]), bad):
+                    if is_bad: b.set_hatch('xx'); b.set_edgecolor('black')
+            ax.set_title(title, loc='left'); ax.set_ylabel(ylabel); ax.set_xlim(-.5, len(models) - .5)
+            ax.grid(axis='y', alpha=.3); ax.set_axisbelow(True)
+            if what == 'fraction': ax.set_ylim(0, 1.05)
+            else:
+                ax.axhline(1, color='black', lw=.8)
+                hs = [b.get_height() for b in ax.patches] + [1]
+                lo = 0 if what == 'fold_x' else max(0, min(hs) - .1)
+                ax.set_ylim(lo, max(hs) * 1.08 if what == 'fold_x' else max(hs) + .06)
+        axes[-1].set_xticks(range(len(models)), models, rotation=30, ha='right')
+        handles = [Patch(facecolor=colors[j % 10]) for j in range(len(tools))] + [Patch(facecolor='white', edgecolor='black', hatch='xx')]
+        labels = [SHORT.get(t, t) for t in tools] + [f'output changed (error > {exact_tol:g})']
+        fig.legend(handles, labels, loc='upper center', ncol=2, frameon=False, bbox_to_anchor=(.5, 1.0), fontsize=12)
+        fig.text(.01, .005, '×: the tool failed or is not installed', fontsize=12, va='bottom')
+        fig.tight_layout(rect=(0, .03, 1, 1 - 1.1 / fig.get_figheight()))
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
     return fig
 
+
 # %% ../nbs/06_benchmark.ipynb #1595745b
+def _check_target(path: Path, what: str):
+    "Fail with a `CLIError` unless `path` can be written (its missing folders created); nothing is written."
+    if str(path).endswith(('/', os.sep)) or path.is_dir(): raise CLIError(f'{what} {path} is a directory: name a file')
+    anc = path.parent
+    while not anc.exists(): anc = anc.parent
+    if not anc.is_dir(): raise CLIError(f'cannot write {what} {path}: {anc} is not a directory')
+    try: tempfile.TemporaryFile(dir=anc).close()
+    except OSError as e: raise CLIError(f'cannot write {what} {path}: cannot create a file in {anc} ({e.strerror or e})') from None
+
+def _positive_ints(s: str) -> tuple:
+    try: v = tuple(int(b) for b in s.split(','))
+    except ValueError: v = ()
+    if not v or min(v) < 1: raise argparse.ArgumentTypeError(f'expected positive integers separated by commas, got {s!r}')
+    return v
+
+def _count(least: int):
+    def parse(s):
+        try: v = int(s)
+        except ValueError: v = least - 1
+        if v < least: raise argparse.ArgumentTypeError(f'expected an integer of at least {least}, got {s!r}')
+        return v
+    return parse
+
 def bench_main(argv: list|None=None, # command-line arguments (default `sys.argv[1:]`)
-               root: str|Path='.', # project root, for the default output paths
-               prog: str='python tools/benchmark.py', # the command, as written into the results file
+               prog: str='fasterbn bench', # the command, as written into the results file
+               project: str|Path|None=None, # the project root, for `tools/benchmark.py`: a full run refreshes its published results
               ) -> int: # exit status
-    "Command-line entry point: run the benchmark, print the table, write the results file and plot."
-    p = argparse.ArgumentParser(prog=prog, description='Benchmark BatchNorm folding tools side by side.')
+    "Command-line entry point: run the benchmark, print its tables, write the results file and the figure."
+    p = argparse.ArgumentParser(prog=prog, description='Benchmark BatchNorm folding tools side by side: BatchNorms folded, exactness, latency, fold time.')
     p.add_argument('models', nargs='*', help=f'model names (default: {" ".join(DEFAULT_MODELS)})')
-    p.add_argument('--quick', action='store_true', help=f'smoke run: {" ".join(QUICK_MODELS)}, batch 1, 3 repeats; writes nothing unless --out/--plot')
-    p.add_argument('--repeats', type=int, default=9, help='timings per variant and batch size (median used)')
-    p.add_argument('--batch-sizes', default='1,8', help='comma-separated batch sizes for the latency ratios')
-    p.add_argument('--out', help='results markdown file (default for a full run: bench/results.md)')
-    p.add_argument('--plot', help='figure PNG (default for a full run: nbs/images/benchmark.png)')
-    p.add_argument('--no-write', action='store_true', help='only print the table')
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    argv = sys.argv[1:] if argv is None else argv
-    try: bss = tuple(int(b) for b in a.batch_sizes.split(','))
-    except ValueError: p.error(f'--batch-sizes must be integers separated by commas, got {a.batch_sizes!r}')
+    p.add_argument('--quick', action='store_true', help=f'smoke run: {" ".join(QUICK_MODELS)}, batch 1, 3 repeats')
+    p.add_argument('--fold-only', action='store_true', help=f'counts, errors and fold times, no latency (default models: {" ".join(FOLD_TIME_MODELS)})')
+    p.add_argument('--repeats', type=_count(1), default=9, help='latency timings per variant and batch size, the median is used (default: 9)')
+    p.add_argument('--fold-repeats', type=_count(0), default=5, help='fold-time timings per tool, the median is used; 0: none (default: 5)')
+    p.add_argument('--batch-sizes', type=_positive_ints, default=(1, 8), metavar='1,8', help='batch sizes of the latency ratios (default: 1,8)')
+    where = ('default: bench/results.md and nbs/images/benchmark.png in the project for a full run; other runs write only where asked'
+             if project else 'default: ./fasterbn-bench')
+    p.add_argument('--out-dir', default=None if project else 'fasterbn-bench', metavar='DIR', help=f'folder for results.md and benchmark.png ({where})')
+    p.add_argument('--out', metavar='FILE', help='the results markdown file (instead of DIR/results.md)')
+    p.add_argument('--plot', metavar='FILE', help='the figure, a PNG (instead of DIR/benchmark.png)')
+    p.add_argument('--no-write', action='store_true', help='only print the tables')
+    p.add_argument('--quiet', action='store_true', help='no progress on stderr')
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = p.parse_args(argv)
+    full = not (a.quick or a.fold_only or a.models)
+    out = Path(a.out) if a.out else Path(a.out_dir)/'results.md' if a.out_dir else None
+    plot = Path(a.plot) if a.plot else Path(a.out_dir)/'benchmark.png' if a.out_dir else None
+    if project is not None and full and not (a.out or a.plot or a.out_dir):
+        out, plot = Path(project)/'bench'/'results.md', Path(project)/'nbs'/'images'/'benchmark.png'
+    if a.no_write: out = plot = None
+    try:   # before the run, which takes minutes
+        for path, what in ((out, 'results file'), (plot, 'figure')):
+            if path is not None: _check_target(path, what)
+    except CLIError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr); return 1
+    models = a.models or (FOLD_TIME_MODELS if a.fold_only else None)
     load0, t0 = os.getloadavg()[0], time.perf_counter()
-    rows = run_bench(a.models or None, batch_sizes=bss, repeats=a.repeats, quick=a.quick)
+    rows = run_bench(models, batch_sizes=() if a.fold_only else a.batch_sizes, repeats=a.repeats, quick=a.quick, fold_repeats=a.fold_repeats,
+                     progress=not a.quiet)
     notes = [f'run time {time.perf_counter() - t0:.0f} s; 1-minute load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a load of {os.cpu_count()} keeps all {os.cpu_count()} cores busy)']
-    table = format_table(rows)
-    print(table)
-    full = not a.quick and not a.models
-    out = a.out or (str(Path(root) / 'bench' / 'results.md') if full else None)
-    plot = a.plot or (str(Path(root) / 'nbs' / 'images' / 'benchmark.png') if full else None)
-    if a.no_write: return 0
-    if plot:
-        plot_bench(rows, plot); print(f'wrote {plot}', file=sys.stderr)
-    if out:
-        rel = os.path.relpath(plot, Path(out).parent) if plot else None
-        write_results(rows, out, ' '.join([prog, *map(shlex.quote, argv)]), rel, notes); print(f'wrote {out}', file=sys.stderr)
+    print(format_table(rows))
+    if a.fold_repeats: print(f'\nFold time over {BASELINE} (interleaved, median of {a.fold_repeats if not a.quick else min(a.fold_repeats, 3)}):\n\n{format_fold_times(rows)}')
+    try:
+        if plot:
+            import matplotlib.pyplot as plt
+            plt.close(plot_bench(rows, plot))
+            if not a.quiet: print(f'wrote {plot}', file=sys.stderr)
+        if out:
+            rel = os.path.relpath(plot, out.parent) if plot else None
+            write_results(rows, out, ' '.join([prog, *map(shlex.quote, argv)]), rel, notes)
+            if not a.quiet: print(f'wrote {out}', file=sys.stderr)
+    except CLIError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr); return 1
     return 0
+

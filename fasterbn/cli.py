@@ -6,7 +6,7 @@ Docs: https://fasterbn.github.io/fasterbn/cli.html.md"""
 
 # %% ../nbs/04_cli.ipynb #4be0a2a7
 from __future__ import annotations
-import argparse, difflib, os, pickle, statistics, sys, time, warnings
+import argparse, contextlib, difflib, os, pickle, stat, statistics, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn as nn
@@ -19,8 +19,8 @@ from .folder import BN_Folder, FoldReport, randomize_bn, fold_error, interleaved
 from .graph import bn_replacement
 
 # %% auto #0
-__all__ = ['FOLDED_FORMAT', 'CLIError', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'save_folded', 'load_folded',
-           'report_table', 'max_difference', 'fold_cmd', 'main']
+__all__ = ['FOLDED_FORMAT', 'CLIError', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'check_out', 'save_folded',
+           'load_folded', 'report_table', 'max_difference', 'fold_cmd', 'main']
 
 # %% ../nbs/04_cli.ipynb #812b0ef2
 class CLIError(Exception):
@@ -86,12 +86,24 @@ def _load_weights_only(path: Path):
     except pickle.UnpicklingError as e: return None, e   # a pickle of objects: weights_only refuses it
     except Exception as e: raise CLIError(f'cannot read {path} as a torch file: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}') from None
 
+def _few(items, n=3) -> str: return ', '.join(map(str, items[:n])) + (', ...' if len(items) > n else '')
+
+def _describe(obj) -> str:
+    "What a file loaded with `weights_only=True` holds, in words."
+    if isinstance(obj, torch.Tensor): return f'a single tensor of shape {tuple(obj.shape)}'
+    if isinstance(obj, (list, tuple)): return f'a {type(obj).__name__} of {len(obj)} item(s)'
+    if isinstance(obj, dict):
+        if not obj: return 'an empty dict'
+        return f'a dict whose values are not all tensors (keys {_few([repr(k) for k in obj])})'
+    return f'a {type(obj).__name__}'
+
 def _state_dict_of(obj, path) -> dict:
     if isinstance(obj, dict) and obj.get('format') == FOLDED_FORMAT:
-        raise CLIError(f'{path} is already a folded fasterbn file: load it with fasterbn.cli.load_folded')
-    if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict): obj = obj['state_dict']
+        raise CLIError(f'{path} is a model fasterbn already folded ({obj.get("library", "?")} {obj.get("arch", "?")}, '
+                       f'{len(obj.get("folded_bns", []))} BatchNorms folded): load it with fasterbn.cli.load_folded')
+    if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict): obj = obj['state_dict']   # a training checkpoint
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CLIError(f'{path} is not a state_dict (a dict of tensors)')
+        raise CLIError(f'{path} holds {_describe(obj)}: neither a state_dict (a dict of tensors) nor a saved model')
     if all(k.startswith('module.') for k in obj): obj = {k[len('module.'):]: v for k, v in obj.items()}
     return obj
 
@@ -101,9 +113,8 @@ def _load_state_dict(model: nn.Module, sd: dict, arch: str, path):
         first = next((l.strip() for l in str(e).splitlines() if 'size mismatch' in l), str(e).splitlines()[0])
         raise CLIError(f'{path} does not fit --arch {arch}: {first}') from None
     if res.missing_keys or res.unexpected_keys:
-        def few(ks): return ', '.join(ks[:3]) + (', ...' if len(ks) > 3 else '')
-        raise CLIError(f'{path} does not fit --arch {arch}: {len(res.missing_keys)} missing keys ({few(res.missing_keys)}), '
-                       f'{len(res.unexpected_keys)} unexpected ({few(res.unexpected_keys)})')
+        parts = [f'{len(ks)} {what} key(s) ({_few(ks)})' for what, ks in [('missing', res.missing_keys), ('unexpected', res.unexpected_keys)] if ks]
+        raise CLIError(f'{path} does not fit --arch {arch}: ' + ', '.join(parts))
 
 # %% ../nbs/04_cli.ipynb #7ad2fca8
 def load_model(spec: str, # architecture name, or path of a state_dict / fastai export / whole-module pickle
@@ -131,11 +142,53 @@ def load_model(spec: str, # architecture name, or path of a state_dict / fastai 
             return Loaded(obj.model.eval(), 'learner', spec, learner=obj, note=f'fastai Learner ({type(obj.model).__name__}) from {spec}')
         if isinstance(obj, nn.Module): return Loaded(obj.eval(), 'module', spec, note=f'{type(obj).__name__} unpickled from {spec}')
         raise CLIError(f'{spec} holds a {type(obj).__name__}, not an nn.Module or a fastai Learner')
-    if not arch: raise CLIError(f'{spec} is a state_dict: pass --arch NAME to say which architecture it belongs to')
-    sd = _state_dict_of(obj, spec)
+    sd = _state_dict_of(obj, spec)   # says what the file is when it is not a state_dict
+    if not arch: raise CLIError(f'{spec} is a state_dict ({len(sd)} tensors): pass --arch NAME to say which architecture it belongs to')
     model, lib = build_arch(arch)
     _load_state_dict(model, sd, arch, spec)
     return Loaded(model.eval(), 'state_dict', spec, arch.rpartition(':')[2], lib, note=f'{lib} {arch} with the state_dict from {spec}')
+
+# %% ../nbs/04_cli.ipynb #52c21944
+def check_out(out: str, # the `-o` value
+              model: str|None=None, # the MODEL argument, to refuse writing over it
+              force: bool=False, # allow `out` to be `model`
+             ) -> Path: # `out` as a path
+    "Fail with a `CLIError` unless a folded model can be written to `out`; nothing is written."
+    if not str(out).strip(): raise CLIError('-o is empty: name the file to write, e.g. -o model_folded.pt')
+    p = Path(out)
+    if str(out).endswith(('/', os.sep)) or p.is_dir(): raise CLIError(f'-o {out} is a directory: name a file in it, e.g. -o {p/"model_folded.pt"}')
+    if p.exists() and not p.is_file(): raise CLIError(f'-o {out} exists and is not a regular file')
+    if not p.parent.exists(): raise CLIError(f'cannot write {out}: directory {p.parent} does not exist')
+    if not p.parent.is_dir(): raise CLIError(f'cannot write {out}: {p.parent} is not a directory')
+    try: tempfile.TemporaryFile(dir=p.parent).close()   # the real test: permissions, read-only file systems
+    except OSError as e: raise CLIError(f'cannot write {out}: cannot create a file in {p.parent} ({e.strerror or e})') from None
+    if model is not None and p.exists() and Path(model).exists() and os.path.samefile(model, p) and not force:
+        raise CLIError(f'-o {out} is the input file {model}: writing would replace its unfolded weights; '
+                       'choose another -o, or pass --force to replace it')
+    return p
+
+def _new_file_mode() -> int:
+    umask = os.umask(0); os.umask(umask)
+    return 0o666 & ~umask
+
+def _write_atomic(out: str|Path, write):
+    "Call `write(tmp)` on a temporary file beside `out`, then rename it over `out`: `out` is the old file or the whole new one."
+    out = Path(out)
+    mode = stat.S_IMODE(out.stat().st_mode) if out.is_file() else _new_file_mode()
+    existed = out.exists()
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())   # on disk before the rename, so a crash cannot leave an empty OUT
+        os.chmod(tmp, mode)
+        os.replace(tmp, out)
+    except BaseException as e:
+        with contextlib.suppress(OSError): os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise CLIError(f'cannot write {out}: {e.strerror or e}; ' + (f'{out} is unchanged' if existed else 'nothing was written')) from None
+        raise
+
 
 # %% ../nbs/04_cli.ipynb #820ac2dd
 def save_folded(ld: Loaded, # what `load_model` returned
@@ -144,18 +197,18 @@ def save_folded(ld: Loaded, # what `load_model` returned
                 out: str|Path, # file to write
                ) -> str: # what was written, in words
     "Write the folded model in the form that fits its source (see above)."
-    out = Path(out)
-    if not out.parent.exists(): raise CLIError(f'cannot write {out}: directory {out.parent} does not exist')
+    out = check_out(out, force=True)
     if ld.kind in ('arch', 'state_dict'):
-        torch.save({'format': FOLDED_FORMAT, 'fasterbn': __version__, 'arch': ld.arch, 'library': ld.library,
-                    'folded_bns': [r.bn for r in report.folded], 'state_dict': folded.state_dict()}, out)
+        d = {'format': FOLDED_FORMAT, 'fasterbn': __version__, 'arch': ld.arch, 'library': ld.library,
+             'folded_bns': [r.bn for r in report.folded], 'state_dict': folded.state_dict()}
+        _write_atomic(out, lambda tmp: torch.save(d, tmp))
         return f'folded state_dict + architecture (weights_only file); load it with fasterbn.cli.load_folded({str(out)!r})'
     if ld.kind == 'learner':
         learn = ld.learner
         learn.model, learn.opt = folded, None   # the old optimizer holds the unfolded parameters
-        learn.export(out.absolute())
+        _write_atomic(out, lambda tmp: learn.export(tmp.absolute()))
         return 'folded fastai Learner (a pickle); load it with fastai.learner.load_learner'
-    torch.save(folded, out)
+    _write_atomic(out, lambda tmp: torch.save(folded, tmp))
     return 'folded module, saved whole (a pickle); load it with torch.load(..., weights_only=False)'
 
 def load_folded(path: str|Path, # a file `fasterbn fold` wrote from an architecture name or a state_dict
@@ -203,14 +256,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='cmd', metavar='{fold,demo,bench}', required=True)
     f = sub.add_parser('fold', help='fold one model and write it', description='Fold one model, print the report, check it, write it.')
     f.add_argument('model', metavar='MODEL', help='torchvision/timm architecture name, state_dict file (with --arch), or fastai export / whole-module pickle (with --trust-pickle)')
-    f.add_argument('-o', '--out', required=True, metavar='OUT', help='file to write the folded model to')
+    f.add_argument('-o', '--out', required=True, metavar='OUT', help='file to write the folded model to (checked before folding; written atomically)')
+    f.add_argument('--force', action='store_true', help='allow OUT to be the MODEL file itself, replacing the unfolded weights')
     f.add_argument('--input-shape', default='1,3,224,224', metavar='SHAPE', help='shape of the random input (default: 1,3,224,224)')
     f.add_argument('--arch', metavar='NAME', help='architecture of a state_dict file')
     f.add_argument('--trust-pickle', action='store_true', help='allow loading a pickle (fastai export, torch.save(model)): it runs code named in the file')
     f.add_argument('--forward-only', action='store_true', help='fold a BatchNorm only into the layer before it')
     f.add_argument('--verify', action='store_true', help='compare with a float64 reference; exit 1 (and write nothing) unless exact to float32 rounding')
     f.add_argument('--bench', action='store_true', help='time the original and the folded model')
-    f.add_argument('--repeats', type=int, default=20, help='timed runs for --bench (default: 20)')
+    f.add_argument('--repeats', type=int, default=20, help='timed runs for --bench, at least 1 (default: 20)')
     f.add_argument('--seed', type=int, default=0, help='seed for the random BatchNorm statistics and inputs (default: 0)')
     sub.add_parser('demo', help='train a small fastai model on digits, fold it, compare', description='Run fasterbn.demo.run_demo().')
     sub.add_parser('bench', add_help=False, help='compare fasterbn with other folding tools (fasterbn bench --help for its options)')
@@ -221,7 +275,9 @@ def fold_cmd(args: argparse.Namespace, # parsed `fold` arguments
              console: Console, # where to print
             ) -> int: # exit status
     "The `fold` subcommand."
-    shape = parse_shape(args.input_shape)
+    shape = parse_shape(args.input_shape)   # every option is checked before the model is loaded
+    if args.repeats < 1: raise CLIError(f'--repeats must be at least 1, got {args.repeats}')
+    check_out(args.out, args.model, args.force)
     torch.manual_seed(args.seed)
     ld = load_model(args.model, args.arch, args.trust_pickle, args.seed)
     console.print(f'[bold]{escape(ld.name)}[/]: {escape(ld.note)}', highlight=False, soft_wrap=True)
@@ -251,7 +307,6 @@ def fold_cmd(args: argparse.Namespace, # parsed `fold` arguments
             print(f'fasterbn: error: folded output differs from the float64 reference by {err:.3g}, more than 10x the unfolded error {base:.3g}; nothing written', file=sys.stderr)
             return 1
     if args.bench:
-        if args.repeats < 1: raise CLIError('--repeats must be at least 1')
         times = interleaved_times({'original': ld.model, 'folded': folded}, (x,), repeats=args.repeats)
         a, b = statistics.median(times['original']), statistics.median(times['folded'])
         console.print(f'latency (median, input {tuple(shape)}, {torch.get_num_threads()} threads): original {a*1e3:.2f} ms, '
@@ -267,8 +322,9 @@ def _bench_cmd(argv: list[str], console: Console) -> int:
     return bench_main(argv, prog='fasterbn bench')
 
 def _demo_cmd(args, console: Console) -> int:
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # fastai's import, on torch 2.14: not ours to fix
-    try: from fasterbn.demo import run_demo
+    try:
+        from fasterbn.callback import _quiet_fastai_import   # fastai's own deprecation warning, on torch >= 2.10: not the user's to see
+        with _quiet_fastai_import(): from fasterbn.demo import run_demo
     except ImportError as e: raise CLIError(f'the demo is not available ({e}): it lives in fasterbn.demo, from nbs/05_demo.ipynb') from None
     run_demo()
     return 0

@@ -47,11 +47,13 @@ def test_bad_names_and_shapes(argv, expect): assert_one_line_error(*run(*argv)[:
 def test_bad_files(files, tmp_path):
     d = files
     assert_one_line_error(*run('fold', d/'r18.pth', '-o', tmp_path/'o.pt')[::2], 'pass --arch NAME')
-    assert_one_line_error(*run('fold', d/'r18.pth', '--arch', 'resnet34', '-o', tmp_path/'o.pt')[::2], 'does not fit --arch resnet34')
+    rc, _, err = run('fold', d/'r18.pth', '--arch', 'resnet34', '-o', tmp_path/'o.pt')
+    assert_one_line_error(rc, err, 'does not fit --arch resnet34')
+    assert '0 unexpected' not in err and '()' not in err, err   # only what is wrong: resnet34 has more keys, none unexpected
     assert_one_line_error(*run('fold', d/'r18.pth', '--arch', 'resnet50', '-o', tmp_path/'o.pt')[::2], 'does not fit --arch resnet50')
     assert_one_line_error(*run('fold', d/'r18.pth', '--arch', 'resnet18', '-o', tmp_path/'no'/'o.pt', '--input-shape', '1,3,32,32')[::2], 'does not exist')
     assert_one_line_error(*run('fold', d/'notes.txt', '-o', tmp_path/'o.pt')[::2], 'cannot read')
-    assert_one_line_error(*run('fold', d/'dict.pt', '--arch', 'resnet18', '-o', tmp_path/'o.pt')[::2], 'not a state_dict')
+    assert_one_line_error(*run('fold', d/'dict.pt', '--arch', 'resnet18', '-o', tmp_path/'o.pt')[::2], 'neither a state_dict')
     assert_one_line_error(*run('fold', d, '-o', tmp_path/'o.pt')[::2], 'is a directory')
     assert not (tmp_path/'o.pt').exists()
 
@@ -123,3 +125,139 @@ def test_fastai_export(tmp_path):
     folded = load_learner(tmp_path/'o.pkl', cpu=True)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.model.modules())
     with torch.no_grad(): torch.testing.assert_close(folded.model.eval()(xs), learn.model.eval()(xs), rtol=1e-4, atol=1e-5)
+
+
+# ---- what a file is, OUT before folding, no silent overwrite, atomic writes ----
+
+def test_says_what_the_file_is(files, tmp_path):
+    "Not every torch file is a state_dict: say what it holds, with or without --arch."
+    torch.save(torch.randn(3, 4), tmp_path/'tensor.pt')
+    torch.save([torch.randn(2)] * 3, tmp_path/'list.pt')
+    for extra in ([], ['--arch', 'resnet18']):
+        for name, expect in [('tensor.pt', 'a single tensor of shape (3, 4)'), ('list.pt', 'a list of 3 item(s)'), ('dict.pt', "keys 'a', 'b'")]:
+            rc, _, err = run('fold', files/'dict.pt' if name == 'dict.pt' else tmp_path/name, *extra, '-o', tmp_path/'o.pt')
+            assert_one_line_error(rc, err, expect)
+            assert 'pass --arch' not in err and 'is a state_dict' not in err, err
+    rc, _, err = run('fold', files/'r18.pth', '--arch', 'resnet18', '-o', tmp_path/'f.pt', '--input-shape', '1,3,32,32')
+    assert rc == 0, err
+    for extra in ([], ['--arch', 'resnet18']):   # a file fasterbn wrote
+        rc, _, err = run('fold', tmp_path/'f.pt', *extra, '-o', tmp_path/'o.pt')
+        assert_one_line_error(rc, err, 'fasterbn already folded (torchvision resnet18, 20 BatchNorms folded)')
+        assert 'load_folded' in err and 'pass --arch' not in err
+
+@pytest.fixture
+def no_fold(monkeypatch):
+    "Make folding fail loudly: the checks below must stop the command before it."
+    import fasterbn.cli as cli
+    def fold(*a, **k): raise AssertionError('BN_Folder.fold ran before the options were checked')
+    monkeypatch.setattr(cli.BN_Folder, 'fold', fold)
+
+def _unwritable_dir(tmp_path):
+    if os.geteuid() != 0:
+        d = tmp_path/'ro'; d.mkdir(); d.chmod(0o500); return d
+    if Path('/sys').is_dir(): return Path('/sys')   # root writes anywhere, except on sysfs
+    pytest.skip('no unwritable folder to test with')
+
+@pytest.mark.parametrize('out, expect', [
+    ('', '-o is empty'), ('  ', '-o is empty'),
+    ('{tmp}', 'is a directory'), ('{tmp}/newdir/', 'is a directory'),
+    ('{tmp}/missing/o.pt', 'does not exist'), ('{tmp}/notes.txt/o.pt', 'is not a directory'),
+    ('{ro}/o.pt', 'cannot create a file in'),
+])
+def test_out_checked_before_folding(files, tmp_path, no_fold, out, expect):
+    (tmp_path/'notes.txt').write_text('a file')
+    out = out.format(tmp=tmp_path, ro=_unwritable_dir(tmp_path) if '{ro}' in out else '')
+    assert_one_line_error(*run('fold', files/'r18.pth', '--arch', 'resnet18', '-o', out, '--input-shape', '1,3,32,32')[::2], expect)
+
+def test_options_checked_before_folding(files, tmp_path, no_fold):
+    assert_one_line_error(*run('fold', 'resnet18', '-o', tmp_path/'o.pt', '--bench', '--repeats', '0')[::2], '--repeats must be at least 1')
+    assert_one_line_error(*run('fold', 'resnet18', '-o', tmp_path/'o.pt', '--repeats', '-2')[::2], '--repeats must be at least 1')
+
+def test_out_is_model_needs_force(files, tmp_path):
+    "`fasterbn fold r18.pt --arch resnet18 -o r18.pt` keeps the user's weights unless --force says to replace them."
+    src = tmp_path/'r18.pth'
+    shutil.copy(files/'r18.pth', src)
+    before = src.read_bytes()
+    (tmp_path/'link.pth').symlink_to(src)
+    for out in (src, f'{tmp_path}/./r18.pth', tmp_path/'link.pth'):
+        assert_one_line_error(*run('fold', src, '--arch', 'resnet18', '-o', out, '--input-shape', '1,3,32,32')[::2], '--force')
+    assert src.read_bytes() == before
+    rc, out, err = run('fold', src, '--arch', 'resnet18', '-o', src, '--input-shape', '1,3,32,32', '--force')
+    assert rc == 0, err
+    assert load_folded(src) is not None and src.read_bytes() != before
+
+def test_failed_write_leaves_out_as_it_was(files, tmp_path, monkeypatch):
+    "A write that fails half-way (here: a full disk) leaves OUT's old content and no temporary file."
+    import errno
+    out = tmp_path/'o.pt'
+    out.write_bytes(b'the previous file')
+    def full_disk(obj, f, *a, **k):
+        with open(f, 'wb') as fh: fh.write(b'PK\x03\x04 half a file')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    rc, _, err = run('fold', files/'r18.pth', '--arch', 'resnet18', '-o', out, '--input-shape', '1,3,32,32')
+    assert_one_line_error(rc, err, 'No space left on device')
+    assert out.read_bytes() == b'the previous file'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['o.pt'], list(tmp_path.iterdir())
+    rc, _, err = run('fold', files/'r18.pth', '--arch', 'resnet18', '-o', tmp_path/'new.pt', '--input-shape', '1,3,32,32')
+    assert_one_line_error(rc, err, 'nothing was written')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['o.pt']
+
+def test_written_file_has_usual_permissions(files, tmp_path):
+    out = tmp_path/'o.pt'
+    rc, _, err = run('fold', files/'r18.pth', '--arch', 'resnet18', '-o', out, '--input-shape', '1,3,32,32')
+    assert rc == 0, err
+    umask = os.umask(0); os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+# ---- where `fasterbn bench` writes ----
+
+def _fake_rows():
+    base = dict(bn_total=2, not_folded=0, rel_err=1e-7, error=None, ratio_b1=1.0)
+    return [dict(base, model='m', tool='unfolded fp32', folded=0, not_folded=2, fold_s=.01, fold_x=None),
+            dict(base, model='m', tool='fasterbn', folded=2, fold_s=.02, fold_x=2.0, ratio_b1=.9, fold_vs_fuse=1.5),
+            dict(base, model='m', tool='torch.fx fuse', folded=2, fold_s=.015, fold_x=1.5, ratio_b1=.9)]
+
+@pytest.fixture
+def fake_bench(monkeypatch):
+    import fasterbn.bench as bench
+    calls = []
+    def run_bench(*a, **k): calls.append((a, k)); return _fake_rows()
+    monkeypatch.setattr(bench, 'run_bench', run_bench)
+    return calls
+
+def test_bench_writes_where_asked(tmp_path, monkeypatch, fake_bench):
+    "`fasterbn bench` writes into ./fasterbn-bench (or --out-dir), never into a project's bench/ or nbs/ folders."
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run('bench')
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['fasterbn-bench']
+    assert '| m | fasterbn | 2/2 |' in out and 'fasterbn ÷ fx fuse' in out
+    assert sorted(p.name for p in (tmp_path/'fasterbn-bench').iterdir()) == ['benchmark.png', 'results.md']
+    rc, out, err = run('bench', '--quiet', '--out-dir', 'elsewhere/deeper')
+    assert rc == 0 and (tmp_path/'elsewhere'/'deeper'/'results.md').exists(), err
+    assert '![benchmark](benchmark.png)' in (tmp_path/'elsewhere'/'deeper'/'results.md').read_text()
+    rc, out, err = run('bench', '--quiet', '--no-write', '--out-dir', 'not_written')
+    assert rc == 0 and not (tmp_path/'not_written').exists()
+
+def test_bench_checks_targets_before_running(tmp_path, monkeypatch, fake_bench):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path/'afile').write_text('x')
+    for argv, expect in [(['--out-dir', 'afile'], 'afile is not a directory'), (['--out', str(tmp_path)], 'is a directory'),
+                         (['--plot', 'afile/deeper/p.png'], 'is not a directory')]:
+        rc, out, err = run('bench', '--quiet', *argv)
+        assert rc == 1 and err.startswith('fasterbn bench: error:') and len(err.strip().splitlines()) == 1 and expect in err, err
+    for argv in (['--repeats', '0'], ['--fold-repeats', '-1'], ['--batch-sizes', '1,0']):
+        assert run('bench', '--quiet', *argv)[0] == 2   # argparse's usage error
+    assert fake_bench == [], 'the benchmark ran before its targets were checked'
+
+def test_project_benchmark_script(tmp_path, fake_bench):
+    "tools/benchmark.py: a full run refreshes the project's results, found from the project root, whatever the current folder; a partial run writes nothing."
+    from fasterbn.bench import bench_main
+    import contextlib, io
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bench_main(['--quiet', '--quick'], project=tmp_path) == 0
+        assert list(tmp_path.iterdir()) == []
+        assert bench_main(['--quiet'], project=tmp_path) == 0
+    assert (tmp_path/'bench'/'results.md').exists() and (tmp_path/'nbs'/'images'/'benchmark.png').exists()
+    assert '](../nbs/images/benchmark.png)' in (tmp_path/'bench'/'results.md').read_text()
