@@ -200,7 +200,8 @@ def save_folded(ld: Loaded, # what `load_model` returned
     out = check_out(out, force=True)
     if ld.kind in ('arch', 'state_dict'):
         d = {'format': FOLDED_FORMAT, 'fasterbn': __version__, 'arch': ld.arch, 'library': ld.library,
-             'folded_bns': [r.bn for r in report.folded], 'state_dict': folded.state_dict()}
+             'folded_bns': [r.bn for r in report.folded], 'directions': {r.bn: r.direction for r in report.folded},
+             'state_dict': folded.state_dict()}
         _write_atomic(out, lambda tmp: torch.save(d, tmp))
         return f'folded state_dict + architecture (weights_only file); load it with fasterbn.cli.load_folded({str(out)!r})'
     if ld.kind == 'learner':
@@ -220,11 +221,13 @@ def load_folded(path: str|Path, # a file `fasterbn fold` wrote from an architect
     for name in d['folded_bns']:
         parent, _, attr = name.rpartition('.')
         owner = model.get_submodule(parent)
-        setattr(owner, attr, bn_replacement(getattr(owner, attr)))
-    for key, v in d['state_dict'].items():
+        setattr(owner, attr, bn_replacement(getattr(owner, attr), d.get('directions', {}).get(name, 'forward')))   # an identity branch leaves zeros
+    for key, v in d['state_dict'].items():   # tensors the fold created: a bias for a layer without one, an affine map for a BatchNorm others merged into
         owner_name, _, attr = key.rpartition('.')
         owner = model.get_submodule(owner_name)
-        if attr == 'bias' and getattr(owner, 'bias', 0) is None: owner.bias = nn.Parameter(torch.zeros_like(v))
+        if attr in owner._parameters and owner._parameters[attr] is None:
+            setattr(owner, attr, nn.Parameter(torch.zeros_like(v)))
+            if hasattr(owner, 'affine'): owner.affine = True
     model.load_state_dict(d['state_dict'])
     return model.eval()
 

@@ -261,3 +261,16 @@ def test_project_benchmark_script(tmp_path, fake_bench):
         assert bench_main(['--quiet'], project=tmp_path) == 0
     assert (tmp_path/'bench'/'results.md').exists() and (tmp_path/'nbs'/'images'/'benchmark.png').exists()
     assert '](../nbs/images/benchmark.png)' in (tmp_path/'bench'/'results.md').read_text()
+
+def test_folded_file_keeps_identity_branches_and_merged_batchnorms(tmp_path):
+    "A RepVGG (identity branches leave zeros) round-trips through the folded file, and loads to the same function."
+    pytest.importorskip('timm')
+    rc, out, err = run('fold', 'timm:repvgg_a0', '-o', tmp_path/'r.pt', '--input-shape', '1,3,64,64', '--verify')
+    assert rc == 0, err
+    assert 'not folded: 0' in out and 'branch' in out
+    model = load_folded(tmp_path/'r.pt')
+    from fasterbn.cli import build_arch
+    torch.manual_seed(0); orig, _ = build_arch('timm:repvgg_a0')   # as the CLI builds it (--seed 0)
+    randomize_bn(orig, seed=0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(): torch.testing.assert_close(model(x), orig.eval()(x), rtol=1e-4, atol=1e-4 * float(orig(x).abs().max()))
