@@ -159,7 +159,7 @@ def _bench_model(name, tools, batch_sizes, repeats, warmup, fold_repeats, have_f
         variants[tool] = folded
         say(f'    {tool}: {row["folded"]}/{n_bn} folded, rel. error {row["rel_err"]:.1e}')
     if fold_repeats:
-        calls = {t: (lambda t=t: TOOLS[t](model, x)) for t in variants if t != 'unfolded fp32'}
+        calls = {t: (lambda t=t: TOOLS[t](model, None if t.startswith('fasterbn') else x)) for t in variants if t != 'unfolded fp32'}   # timed as fx fuse runs: without example_inputs (with them fasterbn also checks the fold on them)
         try: baseline_fold(model); calls = {BASELINE: lambda: baseline_fold(model)} | calls
         except Exception as e: base['fold_error'] = f'{BASELINE} failed ({_first_line(e)}): fold times in ms, without ratios'
         with warnings.catch_warnings():
@@ -279,7 +279,9 @@ def _cpu_name() -> str:
 
 _TOOLS_LEGEND = ('Tools: `fasterbn` folds forward and backward, `fasterbn fwd-only` only into the layer before; `fx fuse` is '
                  '`torch.fx.experimental.optimization.fuse`, `fuse_fx` is `torch.ao.quantization.quantize_fx.fuse_fx`, `fasterai` is '
-                 '`fasterai.misc.bn_folding.BN_Folder`; `unfolded fp32` is the model as it was, the yardstick.')
+                 '`fasterai.misc.bn_folding.BN_Folder`; `unfolded fp32` is the model as it was, the yardstick. Counts and errors come from folds with '
+                 '`example_inputs`; fold times from folds without them, as fx fuse runs (with them fasterbn also records a run and checks the fold '
+                 'against float64, which costs a few forward passes).')
 
 def results_text(rows: list[dict], # as returned by `run_bench`
                  command: str, # the command line that produced `rows`

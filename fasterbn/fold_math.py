@@ -83,6 +83,8 @@ def new_parameter(value: Tensor, # the new values (any dtype)
     return nn.Parameter(cast_like(ref, value), requires_grad=like.requires_grad)
 
 # %% ../nbs/00_fold_math.ipynb #d2923b5c
+_CHUNK = 1 << 16   # weight elements per float64 product
+
 def _own_index(layer: nn.Module, w: Tensor) -> Tensor:
     "For each (dim 0, dim 1) weight index in the layer's own layout, the channel on the other side: input channel (Conv, Linear) or output channel (ConvTranspose)."
     d0, d1, g = w.shape[0], w.shape[1], getattr(layer, 'groups', 1)
@@ -108,18 +110,21 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
         for v, per_row in ((s_in, transposed), (s_out, not transposed)):
             if v is not None: scale *= v.to(scale).view(-1, 1) if per_row else v.to(scale)[idx]
     else: scale = (s_out.to(dev, torch.float64) if s_out is not None else torch.ones(d0, dtype=torch.float64, device=dev)).view(-1, 1)
-    out = torch.empty_like(w)   # the layer's dtype and memory format
-    out.copy_(w.to(torch.float64, copy=True).mul_(scale.view(scale.shape[0], scale.shape[1], *(1,) * k)))   # in float64 (a copy, even of float64 weights), rounded once into `out`
+    out, mag = torch.empty_like(w), torch.empty(d0, d1 if transposed else 1, dtype=torch.float64, device=dev)
+    per_row = scale.view(scale.shape[0], scale.shape[1], *(1,) * k)
+    step = max(1, _CHUNK // max(1, w[0].numel()))   # rows per chunk: its float64 product stays in cache, and never becomes a full copy
+    for a in range(0, d0, step):
+        prod = w[a:a + step].to(torch.float64, copy=True).mul_(per_row[a:a + step])   # in float64 (a copy, even of float64 weights)
+        out[a:a + step].copy_(prod)                                          # rounded once into the layer's dtype and memory format
+        mag[a:a + step] = prod.abs().amax(dim=kernel) if transposed else prod.abs().flatten(1).amax(1, keepdim=True)
     b = layer.bias.detach().to(dev, torch.float64) if layer.bias is not None else torch.zeros(n_out, dtype=torch.float64, device=dev)
     if t_in is not None and bool((t_in != 0).any()):
         taps = w.sum(dim=kernel, dtype=torch.float64) if k else w.double()   # (d0, d1): the weight summed over its kernel
         if transposed: b = b.index_add(0, idx.reshape(-1), (taps * t_in.to(taps).view(-1, 1)).reshape(-1))
         else: b = b + (taps * t_in.to(taps)[idx]).sum(1)
     if s_out is not None: b = s_out.to(b) * b + t_out.to(b)
-    mag = w.abs().amax(dim=kernel) if k else w.abs()   # (d0, d1), the layer's dtype: the largest tap
-    if scale.shape[1] == 1: mags = scale[:, 0].abs() * mag.amax(1).double()
-    elif not transposed: mags = (scale.abs() * mag.double()).amax(1)
-    else: mags = torch.zeros(n_out, dtype=torch.float64, device=dev).scatter_reduce(0, idx.reshape(-1), (scale.abs() * mag.double()).reshape(-1), 'amax')
+    if transposed: mags = torch.zeros(n_out, dtype=torch.float64, device=dev).scatter_reduce(0, idx.reshape(-1), mag.reshape(-1), 'amax')
+    else: mags = mag[:, 0]
     if centre_s is not None:   # an identity branch: out[c, c % d1, centre] += s_c, exactly in float64
         c = torch.arange(n_out, device=dev)
         at = (c, c % d1, *(torch.full_like(c, n // 2) for n in w.shape[2:]))

@@ -102,7 +102,7 @@ def randomize_bn(model: nn.Module, # every BatchNorm in it gets new statistics a
         if getattr(m, 'bias', None) is not None: m.bias.copy_((torch.randn(c, generator=g) * .5).to(like))
     return model
 
-# %% ../nbs/02_folder.ipynb #6207e883
+# %% ../nbs/02_folder.ipynb #ba58747e
 def _to_double(x): return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 def _flat_outputs(out) -> list:
@@ -125,7 +125,7 @@ def fold_error(original: nn.Module, # the unfolded model
         dtype = next((t.dtype for t in [*m.parameters(), *m.buffers()] if t.is_floating_point()), torch.float32)
         try: outs = _flat_outputs(m.eval()(*[x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]))
         finally:
-            for x, mode in modes.items(): x.train(mode)
+            for x, mode in modes.items(): x.training = mode
         return max(float((o.double() - r).abs().max()) for o, r in zip(outs, ref))
     return err(folded), err(original)
 
@@ -196,9 +196,12 @@ def _plan(model: nn.Module, example_inputs: tuple|None, backward: bool):
     visit(model, '', Outside('', recorder=recorder))
     return decisions, untraceable, notes, roots
 
-# %% ../nbs/02_folder.ipynb #37c97159
+# %% ../nbs/02_folder.ipynb #be57e428
 def _side_vectors(parts, n):
     "Per-channel (s, t) over `n` channels of one side of a layer, identity where no part acts."
+    if len(parts) == 1 and bool((parts[0][0].channel_map >= 0).all()):   # the usual case: one BatchNorm covers the side
+        p, (bs, bt) = parts[0]
+        return bs[p.channel_map], bt[p.channel_map] if p.shift else torch.zeros(n, dtype=torch.float64)
     s, t, owner = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
     for p, (bs, bt) in parts:
         m = p.channel_map >= 0
@@ -231,13 +234,14 @@ def _branch_vectors(parts, n):
 
 def _compute(model: nn.Module, decisions: list, cancel: bool=True) -> dict:
     "New tensors of every module a fold changes (layers, and BatchNorms others merged into), from `model`'s values; cancels folds that don't survive the cast."
+    mods = dict(model.named_modules())
     while True:
         by_layer = defaultdict(list)
         for d in decisions:
             for p in d.parts: by_layer[p.layer].append((p, d.affine))
         updates, bad = {}, None
         for name, parts in by_layer.items():
-            layer = model.get_submodule(name)
+            layer = mods[name]
             ins, outs, branches = ([x for x in parts if x[0].side == side] for side in ('in', 'out', 'branch'))
             s_in, t_in = _side_vectors(ins, _in_channels(layer)) if ins else (None, None)
             s_out, t_out = _side_vectors(outs, _out_channels(layer)) if outs else (None, None)
@@ -256,7 +260,7 @@ def _compute(model: nn.Module, decisions: list, cancel: bool=True) -> dict:
     for d in decisions:   # a BatchNorm whose chain went no further takes the map of the BatchNorms merged into it
         if d.merged_into and not any(e.bn == d.merged_into and e.folded for e in decisions):
             rep = next(e for e in decisions if e.bn == d.merged_into)
-            if rep.bn not in updates: updates[rep.bn] = _merged_affine(model.get_submodule(rep.bn), rep.affine)
+            if rep.bn not in updates: updates[rep.bn] = _merged_affine(mods[rep.bn], rep.affine)
     return updates
 
 def _merged_affine(bn, affine) -> dict:
@@ -270,22 +274,23 @@ def _merged_affine(bn, affine) -> dict:
     return {'weight': make(gamma, w_old) if w_old is not None else nn.Parameter(cast_like(like, gamma)),
             'bias': make(beta, b_old) if b_old is not None else nn.Parameter(cast_like(like, beta))}
 
-# %% ../nbs/02_folder.ipynb #166d4fd6
+# %% ../nbs/02_folder.ipynb #633966ea
 def _apply(model: nn.Module, decisions: list, updates: dict) -> list:
     "Write the new tensors and replace folded BatchNorms, through each module's own `__setattr__`; undo everything if any step fails."
     journal = []   # (module, attribute, old value), to undo in reverse
     def put(module, attr, value):
         journal.append((module, attr, getattr(module, attr)))
         setattr(module, attr, value)
+    mods = dict(model.named_modules())
     try:
         for name, tensors in updates.items():
-            m = model.get_submodule(name)
+            m = mods[name]
             for attr, v in tensors.items(): put(m, attr, v)
             if isinstance(m, _BatchNorm) and not m.affine: put(m, 'affine', True)   # it took a merged map: now it has weight and bias
         for d in decisions:
             if not d.folded: continue
             parent_name, _, attr = d.bn.rpartition('.')
-            parent = model.get_submodule(parent_name)
+            parent = mods[parent_name]
             if is_batchnorm(bn := getattr(parent, attr)): put(parent, attr, bn_replacement(bn, d.direction))   # (a copy may hold it already)
     except BaseException:
         _undo(journal)
@@ -392,7 +397,7 @@ def _verify(model: nn.Module, work: nn.Module, decisions: list, refs: dict, jour
                                            f'rounding explains {base:.3g}: forward uses the modules in a way the graph does not show')
     journal.extend(_apply(work, decisions, _compute(model, decisions)))
 
-# %% ../nbs/02_folder.ipynb #5f5819ba
+# %% ../nbs/02_folder.ipynb #40b45436
 @contextmanager
 def _collector_paused():
     "Pause Python's cyclic garbage collector: a fold allocates many small objects (graph nodes, copied modules), and its passes cost a quarter of the time."
@@ -431,11 +436,11 @@ class BN_Folder:
             elif not inplace:   # the copy takes the new weights instead of copies of the old ones
                 memo = {}
                 if not refs:   # (a check may undo folds in the copy: then it must start as a true copy)
-                    memo = {id(getattr(model.get_submodule(n), a)): v for n, u in updates.items() for a, v in u.items()
-                            if isinstance(getattr(model.get_submodule(n), a, None), torch.Tensor)}
+                    mods = dict(model.named_modules())
+                    memo = {id(getattr(mods[n], a)): v for n, u in updates.items() for a, v in u.items() if isinstance(getattr(mods[n], a, None), torch.Tensor)}
                     for d in decisions:   # and each folded BatchNorm's replacement instead of a copy of the BatchNorm
                         if d.folded and d.bn not in updates:
-                            memo[id(model.get_submodule(d.bn))] = copy.deepcopy(bn_replacement(model.get_submodule(d.bn), d.direction), memo)
+                            memo[id(mods[d.bn])] = copy.deepcopy(bn_replacement(mods[d.bn], d.direction), memo)
                 try: work = copy.deepcopy(model, memo)
                 except Exception as e:
                     raise TypeError(f'cannot deep-copy the model ({_first_line(e)}): fold a copy you make, or pass inplace=True') from None
@@ -443,10 +448,10 @@ class BN_Folder:
             journal = _apply(work, decisions, updates)
             if refs: _verify(model, work, decisions, refs, journal)
         except BaseException:
-            for m, mode in modes.items(): m.train(mode)
+            for m, mode in modes.items(): m.training = mode
             raise
         if not inplace:
-            for m, mode in modes.items(): m.train(mode)
+            for m, mode in modes.items(): m.training = mode
         work.eval()
         self.report = _report(work, decisions, untraceable, notes)
         if self.verbose if verbose is None else verbose: print(self.report)

@@ -68,7 +68,7 @@ class Refusal(Exception):
 
 def refuse(kind: str, text: str): raise Refusal(kind, text)
 
-# %% ../nbs/01_graph.ipynb #bbcf8ab6
+# %% ../nbs/01_graph.ipynb #bd55398b
 def _identity_like(bn: nn.Module) -> nn.Module: return nn.Identity()
 
 def _drop_act(bn: nn.Module) -> nn.Module:
@@ -103,12 +103,17 @@ def register_batchnorm(cls: type, # a module class whose eval forward is `bn_aff
     "Teach fasterbn a BatchNorm class of your own: it needs `running_mean`, `running_var`, `eps` and optional `weight`/`bias`."
     BATCHNORM_KINDS[cls] = BatchNormKind(replacement, ranks, accepts, keeps_shape)
 
+_known_cache = {}
+
 def _known(table: dict) -> dict:
-    "The classes of `table` whose module is imported (a model can't hold one otherwise)."
-    out = {}
-    for (mod, name), v in table.items():
-        if (m := sys.modules.get(mod)) is not None and isinstance(c := getattr(m, name, None), type): out[c] = v
-    return out
+    "The classes of `table` whose module is imported (a model can't hold one otherwise); cached while the same modules are loaded."
+    key = (id(table), *(id(sys.modules.get(mod)) for mod, _ in table))
+    if key not in _known_cache:
+        out = {}
+        for (mod, name), v in table.items():
+            if (m := sys.modules.get(mod)) is not None and isinstance(c := getattr(m, name, None), type): out[c] = v
+        _known_cache[key] = out
+    return _known_cache[key]
 
 _CHECK_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
@@ -116,8 +121,15 @@ def batchnorm_kind(m: nn.Module) -> BatchNormKind|None:
     "How to fold `m` if it is a BatchNorm fasterbn knows (None otherwise)."
     cls = type(m)
     if cls in BATCHNORM_KINDS: return BATCHNORM_KINDS[cls]
+    if cls not in _bn_kind_of: _bn_kind_of[cls] = _builtin_batchnorm_kind(cls)
+    return _bn_kind_of[cls]
+
+_bn_kind_of = {}   # class -> kind, for the classes fasterbn knows itself (a class's kind never changes)
+
+def _builtin_batchnorm_kind(cls: type) -> BatchNormKind|None:
+    "The kind of a BatchNorm class that fasterbn knows without registration."
     if (k := _known(_KNOWN_BN).get(cls)) is not None: return k
-    if isinstance(m, _BatchNorm) and cls.forward is _BatchNorm.forward:
+    if issubclass(cls, _BatchNorm) and cls.forward is _BatchNorm.forward:
         base = next((c for c in cls.__mro__ if c in _CHECK_RANKS), None)   # the input check it inherits
         accepts = _CHECK_RANKS[base] if base is not None and cls._check_input_dim is base._check_input_dim else None
         return BatchNormKind(accepts=accepts)   # `F.batch_norm` normalizes dim 1 at any rank it runs at
@@ -140,7 +152,7 @@ def bn_replacement(bn: nn.Module, # a BatchNorm fasterbn knows
 
 def _bn_channels(bn: nn.Module) -> int: return bn.running_mean.numel() if getattr(bn, 'running_mean', None) is not None else bn.num_features
 
-# %% ../nbs/01_graph.ipynb #49fb6e12
+# %% ../nbs/01_graph.ipynb #9faaf9b5
 @dataclass
 class LayerKind:
     "How a BatchNorm's shift reaches the borders of a layer's output, for backward folds."
@@ -158,6 +170,7 @@ def _same_pads(conv) -> str:
 
 LAYER_KINDS: dict[type, LayerKind] = {}
 _KNOWN_LAYERS = {('timm.layers.conv2d_same', 'Conv2dSame'): LayerKind(_same_pads)}
+_PLAIN_LAYER = LayerKind(_conv_pads)
 
 def register_layer(cls: type, # a `Conv*d`/`ConvTranspose*d`/`Linear` subclass whose forward is that layer's function (of a padded input)
                    pads: Callable=_conv_pads, # layer -> 'none', 'copy' or 'zeros': what the layer's padding fills in
@@ -180,7 +193,7 @@ def layer_kind(m: nn.Module) -> LayerKind|None:
     if not isinstance(m, (_ConvNd, nn.Linear)): return None
     if type(m) in LAYER_KINDS: return LAYER_KINDS[type(m)]
     if (k := _known(_KNOWN_LAYERS).get(type(m))) is not None: return k
-    return None if _overridden(m) else LayerKind(_conv_pads)
+    return None if _overridden(m) else _PLAIN_LAYER
 
 def is_fold_layer(m: nn.Module) -> bool:
     "Is `m` a Conv, ConvTranspose or Linear (subclasses included), the layers a BatchNorm can fold into?"
@@ -192,7 +205,7 @@ def _channel_axis(layer) -> int:
     "The layer's channel axis counted from the back: -1 for Linear, -(k+1) for a k-d convolution, batched or not."
     return -1 if isinstance(layer, nn.Linear) else -(len(layer.kernel_size) + 1)
 
-# %% ../nbs/01_graph.ipynb #88726b25
+# %% ../nbs/01_graph.ipynb #e30ead81
 def has_forward_hooks(m: nn.Module) -> bool:
     "Does `m` carry forward hooks or forward pre-hooks, which torch.fx would not record?"
     return bool(m._forward_hooks or m._forward_pre_hooks)
@@ -217,14 +230,16 @@ def _python_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if not isinstance(m, torch.jit.ScriptModule)]
 
 @contextmanager
-def preserved(model: nn.Module): # the model whose `forward` is about to be traced or run
+def preserved(model: nn.Module, # the model whose `forward` is about to be traced or run
+              values: bool=True, # also restore buffer values (a run may change them; a trace, which proxies buffers, can't: it skips the copies)
+             ):
     "Undo what tracing or running `forward` leaves on `model`: new or changed attributes (fx Proxies too), edited lists and dicts, buffer values."
     mods = _python_modules(model)
     saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in mods]
     contents = [(v, copy.copy(v)) for m in mods for v in vars(m).values() if type(v) in (list, dict, set)]   # `self.cache.append(y)`
     tensors = [t for m in mods for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
     versions = [t._version for t in tensors]
-    copies = {id(b): b.detach().clone() for m in mods for b in m._buffers.values() if b is not None and not b.is_meta}
+    copies = {id(b): b.detach().clone() for m in mods for b in m._buffers.values() if b is not None and not b.is_meta} if values else {}
     try: yield
     finally:
         for m, d, p, b, s in saved:
@@ -237,11 +252,11 @@ def preserved(model: nn.Module): # the model whose `forward` is about to be trac
             for t in changed:
                 if id(t) in copies: t.copy_(copies[id(t)])
         if [t for t in changed if id(t) not in copies]:
-            raise RuntimeError('forward changed parameters in place while fasterbn traced or ran it: fasterbn cannot fold a model that edits its own weights')
+            raise RuntimeError('forward changed parameters or buffers in place while fasterbn traced or ran it: fasterbn cannot fold a model that edits them')
 
 def trace(model: nn.Module) -> fx.Graph:
     "Trace `model` with `FoldTracer`, leaving nothing on it (raises whatever fx raises for an untraceable forward)."
-    with preserved(model): return FoldTracer().trace(model)
+    with preserved(model, values=False): return FoldTracer().trace(model)
 
 # %% ../nbs/01_graph.ipynb #67c133cf
 def _arg(n: fx.Node, i: int, name: str, default=None):
@@ -441,7 +456,7 @@ class Ranks:
                 return self._limit(n, {r - (e - s)})
         return False
 
-# %% ../nbs/01_graph.ipynb #64512f29
+# %% ../nbs/01_graph.ipynb #a08b7a93
 def _value_users(n: fx.Node) -> list[fx.Node]:
     "Users of `n` that read its values; `x.size()`, `x.shape`, `x.dim()` only read its shape, which no fold changes."
     def shape_only(u):
@@ -476,7 +491,7 @@ class ModelFacts:
                 if t is not None: owners[id(t)].add(id(m))
         for m in model.modules():
             for attr, v in vars(m).items():
-                if attr in ('_parameters', '_buffers', '_modules') or attr.endswith('_hooks') or attr.startswith('_forward'): continue
+                if attr in _MODULE_STATE or not isinstance(v, _HOLDERS): continue
                 for obj, captured in _modules_in(v):   # registered modules are what the fold edits; a plain reference keeps the old one
                     for sub in (obj.modules() if captured else (obj,)):
                         if id(sub) in names: held.setdefault(id(sub), (f'`{attr}` of `{names[id(m)] or "<model>"}`', captured))
@@ -495,6 +510,9 @@ def _modules_in(v, depth: int=0, captured: bool=False):
         items, captured = [c.cell_contents for c in v.__closure__ or () if _filled(c)], True
     else: return
     for x in items: yield from _modules_in(x, depth + 1, captured)
+
+_HOLDERS = (nn.Module, list, tuple, set, frozenset, dict, functools.partial, types.MethodType, types.FunctionType)
+_MODULE_STATE = set(vars(nn.Module()))   # what every module keeps: its registered children, tensors and hooks
 
 def _filled(cell) -> bool:
     try: cell.cell_contents; return True
