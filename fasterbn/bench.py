@@ -308,7 +308,7 @@ All numbers come from this one run. {_TOOLS_LEGEND}
     if any(r.get('fold_s') for r in rows): text += f"""
 ### Fold time
 
-`baseline (ms)`: median time of `{BASELINE}` of the model, the floor under every fx-based fold. Each tool's column: its fold time over the baseline's, the median over repeats of the ratio within one repeat (the baseline and every tool are timed once per repeat, in a rotating order, garbage collector off while timed). fasterbn's time includes its run of the example batch. `fasterbn ÷ fx fuse`: fasterbn's fold time over `fuse`'s, the same way (at or below 1 is the target on resnet18, resnet50, mobilenet_v2 and efficientnet_b0).
+`baseline (ms)`: median time of `{BASELINE}` of the model, the floor under every fx-based fold. Each tool's column: its fold time over the baseline's, the median over repeats of the ratio within one repeat (the baseline and every tool are timed once per repeat, in a rotating order, garbage collector off while timed). Every tool folds without example inputs here, as fx fuse does (with them fasterbn also records a run and checks the fold against float64). `fasterbn ÷ fx fuse`: fasterbn's fold time over `fuse`'s, the same way (at or below 1 is the target on resnet18, resnet50, mobilenet_v2 and efficientnet_b0).
 
 {format_fold_times(rows)}
 """
