@@ -17,7 +17,7 @@ Only exactness (or an untouched, refused BN) is asserted, so every example is va
 """
 import os, pytest, torch, torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
-from hypothesis import given, settings, strategies as st, HealthCheck, event
+from hypothesis import given, settings, strategies as st, HealthCheck, event, assume
 from conftest import fold_and_check
 
 settings.register_profile('ci', max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -378,6 +378,9 @@ def test_random_networks_fold_exactly(net_x, example, backward, seed):
     for m in net.modules():   # random weights too, so a wrong fold can't hide behind a symmetric init
         if isinstance(m, (_ConvNd, nn.Linear)): nn.init.normal_(m.weight, std=1.5 / m.weight[0].numel() ** .5)
         elif isinstance(m, nn.Embedding): nn.init.normal_(m.weight)
+    try:   # blocks were checked one by one on contiguous inputs: a view after a transpose only fails in the whole net
+        with torch.no_grad(): net.eval()(x)
+    except RuntimeError: assume(False)
     _, report = fold_and_check(net, x, example=example, seed=seed, backward=backward)
     event(f'folded {report.n_folded} of {len(report)}')
     for k in set(net.kinds): event(f'block: {k}')
