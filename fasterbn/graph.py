@@ -703,7 +703,7 @@ class Recorder:
             finally:
                 for h in handles: h.remove()
 
-# %% ../nbs/01_graph.ipynb #94d67441
+# %% ../nbs/01_graph.ipynb #b0c48c39
 @dataclass
 class Flow:
     "Where a BatchNorm's channels sit in one value: along which axis, and which BatchNorm channel each position holds."
@@ -755,6 +755,7 @@ class Move:
     when: Callable|None = None  # (node, s, t, facts) -> refuses unless exact for scales `s` and shifts `t` (None: no shift) crossing it
     positions: bool = False  # keeps every position where it is (may follow a flatten in a backward fold)
     keeps_rank: bool = False  # its output has its first input's rank: a fact for the rank analysis (the built-in ops are in its own table)
+    rule: str = ''  # when it is exact and how the channels map, in words (the table in the docs)
 
 MOVES: list[Move] = []
 
@@ -769,7 +770,7 @@ def find_move(n: fx.Node, facts: GraphFacts, direction: str) -> Move|None:
     "The first move in the table that matches `n` and can be crossed in `direction` ('up' or 'down')."
     return next((m for m in MOVES if getattr(m, direction) is not None and m.match(n, facts)), None)
 
-# %% ../nbs/01_graph.ipynb #abbb87a9
+# %% ../nbs/01_graph.ipynb #072f6da3
 def _same_up(n, flow, facts): return [(n.args[0], flow)]
 def _same_down(n, x, flow, facts): return flow
 
@@ -779,13 +780,14 @@ def _is_identity(n, facts):
 def _is_dropout(n, facts):
     if n.op == 'call_module': return type(facts.module(n)) in _DROPOUTS
     return _fn(n, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout) and _arg(n, 2, 'training', True) is False
-register_move(Move('identity', _is_identity, _same_up, _same_down, positions=True))
-register_move(Move('dropout', _is_dropout, _same_up, _same_down, positions=True))
-register_move(Move('batchnorm', lambda n, facts: n in facts.merged and _plain_output(facts.module(n)), _same_up, _same_down, positions=True))
+register_move(Move('identity', _is_identity, _same_up, _same_down, positions=True, rule='always; channels stay where they are'))
+register_move(Move('dropout', _is_dropout, _same_up, _same_down, positions=True, rule='in eval mode; channels stay where they are'))
+register_move(Move('batchnorm', lambda n, facts: n in facts.merged and _plain_output(facts.module(n)), _same_up, _same_down, positions=True,
+                   rule='a BatchNorm merged into the one before it; channels stay where they are'))
 
 # pooling: each output is a weighted mean (or the max) of one channel's values
 
-# %% ../nbs/01_graph.ipynb #bda2e15e
+# %% ../nbs/01_graph.ipynb #613cc7b7
 def _pool(n, facts) -> tuple|None:
     "(kind, pooled dims, options) of a pooling node: kind 'avg' or 'max'."
     if n.op == 'call_module' and type(m := facts.module(n)) in _POOL_DIMS:
@@ -822,11 +824,12 @@ def _pool_when(n, s, t, facts):
 
 register_move(Move('pool', lambda n, facts: _pool(n, facts) is not None,
                    lambda n, flow, facts: [(n.args[0], _pool_flow(n, flow, facts))],
-                   lambda n, x, flow, facts: _pool_flow(n, flow, facts), _pool_when))
+                   lambda n, x, flow, facts: _pool_flow(n, flow, facts), _pool_when,
+                   rule='average: no zero padding counted and no divisor (else a zero shift); max: scales >= 0; the channel axis is not pooled'))
 
 # means over dims that are not the channel axis (a global average pool written by hand)
 
-# %% ../nbs/01_graph.ipynb #ec081880
+# %% ../nbs/01_graph.ipynb #05198a59
 def _is_mean(n, facts): return (_fn(n, torch.mean) or _meth(n, 'mean')) and _dims(_arg(n, 1, 'dim')) is not None and isinstance(_arg(n, 2, 'keepdim', False), bool)
 def _mean_dims(n, x, facts) -> tuple:
     r = facts.rank(x)
@@ -843,11 +846,11 @@ def _mean_down(n, x, flow, facts):
     front = flow.axis(x, facts)
     if front in dims: refuse('rank', f'{facts.describe(n)} averages over the BatchNorm\'s channels')
     return Flow(flow.cmap, front if keep else front - sum(d < front for d in dims), None, flow.shift)
-register_move(Move('mean', _is_mean, _mean_up, _mean_down))
+register_move(Move('mean', _is_mean, _mean_up, _mean_down, rule='the channel axis is not averaged; it moves down by the reduced dims before it'))
 
 # transpose and permute move the channel axis
 
-# %% ../nbs/01_graph.ipynb #189a5bb7
+# %% ../nbs/01_graph.ipynb #03228322
 def _perm(n, facts, x) -> list[int]:
     "The permutation: output dim i is input dim perm[i]."
     r = facts.rank(x)
@@ -863,11 +866,12 @@ def _is_transpose(n, facts):
     return (_meth(n, 'transpose', 'swapaxes') or _fn(n, torch.transpose, torch.swapaxes)) and all(isinstance(a, int) for a in n.args[1:3])
 register_move(Move('transpose', _is_transpose,
                    lambda n, flow, facts: [(n.args[0], Flow(flow.cmap, _perm(n, facts, n.args[0])[flow.axis(n, facts)], None, flow.shift))],
-                   lambda n, x, flow, facts: Flow(flow.cmap, _perm(n, facts, x).index(flow.axis(x, facts)), None, flow.shift)))
+                   lambda n, x, flow, facts: Flow(flow.cmap, _perm(n, facts, x).index(flow.axis(x, facts)), None, flow.shift),
+                   rule='always; the channel axis moves with the permutation'))
 
 # flatten: the channel axis survives if it is outside the flattened dims, or is their first dim (then each channel spans a block)
 
-# %% ../nbs/01_graph.ipynb #ed906357
+# %% ../nbs/01_graph.ipynb #74745355
 def _flat_dims(n, x, facts) -> tuple:
     start, end = _flatten_range(n, facts)
     if start < 0 or end < -1 or end >= 0 and end < start:
@@ -888,11 +892,11 @@ def _flatten_down(n, x, flow, facts):
     if end != -1 and f > end: return Flow(flow.cmap, f - (end - start), None, flow.shift, flow.block)
     refuse('rank', f'{facts.describe(n)} flattens the BatchNorm\'s channels into an outer dim')
 register_move(Move('flatten', lambda n, facts: _flatten_range(n, facts) is not None and all(isinstance(d, int) for d in _flatten_range(n, facts)),
-                   _flatten_up, _flatten_down))
+                   _flatten_up, _flatten_down, rule='the channel axis is outside the flattened dims, or the first of them (a block of positions per channel)'))
 
 # cat: along the channel axis each piece holds a slice of the channels; along another axis each piece holds them all
 
-# %% ../nbs/01_graph.ipynb #452ac646
+# %% ../nbs/01_graph.ipynb #132d5181
 def _cat_pieces(n, flow, facts):
     pieces, dim = list(_cat_pieces_of(n)), _cat_dim(n)
     if len(set(pieces)) < len(pieces): refuse('shared-output', f'{facts.describe(n)} repeats a value: its channels would need two scales')
@@ -919,11 +923,11 @@ def _cat_down(n, x, flow, facts):
     cmap = torch.full((sum(sizes),), -1, dtype=torch.long); cmap[sum(sizes[:i]):sum(sizes[:i + 1])] = flow.cmap
     return Flow(cmap, front, None, flow.shift)
 register_move(Move('cat', lambda n, facts: _fn(n, *_CATS) and isinstance(_cat_dim(n), int) and isinstance(_cat_pieces_of(n), (list, tuple)),
-                   _cat_pieces, _cat_down))
+                   _cat_pieces, _cat_down, rule='along the channel axis each piece takes its slice, at its offset; along another axis, all channels'))
 
 # add and sub: every operand takes the scale, one operand the shift; broadcasting aligns dims from the back
 
-# %% ../nbs/01_graph.ipynb #04693827
+# %% ../nbs/01_graph.ipynb #ddb09528
 _ADDS = {operator.add: 1, operator.iadd: 1, torch.add: 1, operator.sub: -1, operator.isub: -1, torch.sub: -1}
 def _is_add(n, facts) -> bool:
     if n.op == 'call_function' and n.target in _ADDS: pass
@@ -936,11 +940,11 @@ def _add_up(n, flow, facts):
     if a is b: refuse('shared-output', f'both sides of {facts.describe(n)} are the same value')
     back = flow.axis(n, facts, 'back')
     return [(a, Flow(flow.cmap, None, back, flow.shift)), (b, Flow(flow.cmap, None, back, False))]
-register_move(Move('add', _is_add, _add_up))
+register_move(Move('add', _is_add, _add_up, rule='forward only: every operand takes the scale, one the shift; broadcasting aligns dims from the back'))
 
 # padding that copies values within a channel commutes with a per-channel map; constant padding only if the map fixes the constant
 
-# %% ../nbs/01_graph.ipynb #0cbc46fd
+# %% ../nbs/01_graph.ipynb #b5075db4
 def _pad(n, facts) -> tuple|None:
     if n.op == 'call_module' and (m := facts.module(n)) is not None:
         name = type(m).__name__
@@ -962,17 +966,18 @@ def _pad_dims(n, facts) -> int:
     return len(_arg(n, 1, 'pad')) // 2
 register_move(Move('pad', lambda n, facts: _pad(n, facts) is not None,
                    lambda n, flow, facts: [(n.args[0], _pad_flow(n, flow, facts))],
-                   lambda n, x, flow, facts: _pad_flow(n, flow, facts), _pad_when))
+                   lambda n, x, flow, facts: _pad_flow(n, flow, facts), _pad_when,
+                   rule='copying modes always; a constant `v` only where `s*v + t == v`; the channel axis is not padded'))
 
 # resizing: nearest, (bi/tri)linear, bicubic and area interpolation weigh each channel's values with weights that sum to 1
 def _is_resize(n, facts):
     if n.op == 'call_module': return type(facts.module(n)) in (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
     return _fn(n, F.interpolate) and isinstance(n.args[0], fx.Node)
 def _resize_flow(n, flow, facts):
-    if flow.axis(n, facts, 'back') >= -1 or flow.axis(n, facts) < 1: refuse('rank', f'{facts.describe(n)} resizes the BatchNorm\'s channel axis')
+    if flow.axis(n, facts) != 1: refuse('rank', f'{facts.describe(n)} resizes every dim after 1, and the BatchNorm\'s channels are not dim 1')
     return flow
 register_move(Move('resize', _is_resize, lambda n, flow, facts: [(n.args[0], _resize_flow(n, flow, facts))],
-                   lambda n, x, flow, facts: _resize_flow(n, flow, facts)))
+                   lambda n, x, flow, facts: _resize_flow(n, flow, facts), rule='always (weights that sum to 1); the channel axis is not resized'))
 
 # %% ../nbs/01_graph.ipynb #34cd57f4
 @dataclass
