@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.fasterbn-installed-$(shell cat pyproject.toml Makefile | cksu
 # torch and torchvision must match; these are the versions this project is tested with.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test docs bench export clean-nbs help
+.PHONY: demo test docs bench zoo export clean-nbs help
 help:
 	@echo "make demo   set up .venv, train on digits, fold, compare"
 	@echo "make test   set up .venv, check notebooks and package agree, run every test"
 	@echo "make docs   build the docs site into _docs/ and README.md (no Quarto needed)"
 	@echo "make bench  print the folding benchmark table, write bench/results.md and nbs/images/benchmark.png"
+	@echo "make zoo    fold every timm family and torchvision model with a BatchNorm, write bench/zoo.md (slow; ZOO_ARGS=--quick to try)"
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -c "import fasterai" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]" $(TORCH_PINS) || echo "fasterai could not be installed: its rows will say so"
 	$(BIN)/python tools/benchmark.py
+
+# Not part of `make test`: about half an hour on two cores. tools/zoo.py --help lists ZOO_ARGS.
+zoo: $(STAMP)
+	$(BIN)/python tools/zoo.py $(ZOO_ARGS)
 
 export: $(STAMP)
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
