@@ -324,7 +324,7 @@ def _report(model: nn.Module, decisions: list, untraceable: dict, notes: list) -
         else: rows.append(FoldRow(name, False, reason=d.reason.text, kind=d.reason.kind))
     return FoldReport(rows, untraceable, notes)
 
-# %% ../nbs/02_folder.ipynb #b564663c
+# %% ../nbs/02_folder.ipynb #fa3ba130
 def _outputs64(root: nn.Module, inputs: tuple) -> list:
     "The float tensors `root` returns on `inputs`, as float64, leaving no trace on `root`."
     with torch.no_grad(), preserved(root):
@@ -334,18 +334,42 @@ def _outputs64(root: nn.Module, inputs: tuple) -> list:
 
 def _max_diff(a: list, b: list) -> float: return max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.)
 
+@dataclass
+class _Reference:
+    "What a root's folds are checked against: the float64 outputs of the unfolded root on `inputs`, and the unfolded root itself."
+    inputs: tuple; ref: list; scale: float; root: nn.Module; noise: float|None = None
+
+    def error(self, folded: nn.Module) -> float:
+        "How far a float64 copy of the folded root is from the unfolded one: float64 arithmetic, so only what the fold changed shows."
+        return _max_diff(_outputs64(copy.deepcopy(folded).double(), self.inputs), self.ref)
+
+    def tolerance(self, err: float) -> bool:
+        "Is `err` what rounding the folded weights once explains (ten times the effect of one rounding of every weight)?"
+        if err <= 1e-6 * max(1., self.scale): return True   # below float32 rounding of the outputs themselves
+        if self.noise is None: self.noise = _rounding_noise(self.root, self.inputs, self.ref)
+        return err <= 10 * self.noise + 1e-12 * max(1., self.scale)
+
+def _rounding_noise(root: nn.Module, inputs: tuple, ref: list) -> float:
+    """How far the float64 outputs move when every weight of the unfolded root moves by one rounding of its own dtype (a random sign per
+    element): what a fold, which rounds each folded weight once, may move them by. A deep model with random weights amplifies it a lot."""
+    g = torch.Generator().manual_seed(0)
+    noisy = copy.deepcopy(root).double()
+    with torch.no_grad():
+        for p, own in zip([*noisy.parameters(), *noisy.buffers()], [*root.parameters(), *root.buffers()]):
+            if p.is_floating_point() and own.is_floating_point():
+                p.mul_(1 + torch.finfo(own.dtype).eps / 2 * (torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p))
+    return _max_diff(_outputs64(noisy, inputs), ref)
+
 def _references(model: nn.Module, decisions: list, roots: list, notes: list) -> dict:
-    "For each checkable root with folds: its float64 outputs (from a float64 copy), and the unfolded model's own float32 error."
+    "For each checkable root with folds: the outputs of a float64 copy of it on its inputs."
     refs = {}
     for name, inputs in roots:
         if not any(d.folded and _under(d.bn, name) for d in decisions): continue
-        root = model.get_submodule(name)
-        try:
-            ref = _outputs64(copy.deepcopy(root).double(), tuple(_to_double(x) for x in inputs))
-            base = _outputs64(root, inputs)
+        root, inputs64 = model.get_submodule(name), tuple(_to_double(x) for x in inputs)
+        try: ref = _outputs64(copy.deepcopy(root).double(), inputs64)
         except Exception as e:
             notes.append(f'folds in `{name or "<model>"}` were not checked: no float64 copy of it runs ({_first_line(e)})'); continue
-        refs[name] = (inputs, ref, _max_diff(base, ref), max((float(r.abs().max()) for r in ref if r.numel()), default=0.))
+        refs[name] = _Reference(inputs64, ref, max((float(r.abs().max()) for r in ref if r.numel()), default=0.), root)
     return refs
 
 def _under(bn: str, root: str) -> bool: return not root or bn.startswith(root + '.')
@@ -367,9 +391,8 @@ def _units(decisions) -> list[list]:
 def _verify(model: nn.Module, work: nn.Module, decisions: list, refs: dict, journal: list):
     "Cancel the folds that change a checked root's output on example_inputs by more than float32 rounding (bisecting to find them)."
     def error(name):
-        inputs, ref, base, scale = refs[name]
-        err = _max_diff(_outputs64(work.get_submodule(name), inputs), ref)
-        return err, err <= 10 * base + 1e-6 * max(1., scale)
+        err = refs[name].error(work.get_submodule(name))
+        return err, refs[name].tolerance(err)
     bad = {}
     for name in refs:
         err, ok = error(name)
@@ -389,12 +412,12 @@ def _verify(model: nn.Module, work: nn.Module, decisions: list, refs: dict, jour
         if not failed: culprits.extend(d for u in units for d in u)   # only together: cancel them all
     for name, err in bad.items():
         search([u for u in _units(decisions) if _under(u[0].bn, name)], name)
-        base = refs[name][2]
+        r = refs[name]
         for d in culprits:
             if d.folded:
                 d.parts, d.merged_into = [], ''
-                d.reason = Reason('check', f'folding it changed the output of `{name or "<model>"}` on example_inputs by {err:.3g}, where float32 '
-                                           f'rounding explains {base:.3g}: forward uses the modules in a way the graph does not show')
+                d.reason = Reason('check', f'folding it changed the output of `{name or "<model>"}` on example_inputs by {err:.3g} (in float64), where '
+                                           f'rounding the folded weights explains {r.noise or 0:.3g}: forward uses the modules in a way the graph does not show')
     journal.extend(_apply(work, decisions, _compute(model, decisions)))
 
 # %% ../nbs/02_folder.ipynb #40b45436

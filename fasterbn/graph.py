@@ -152,7 +152,7 @@ def bn_replacement(bn: nn.Module, # a BatchNorm fasterbn knows
 
 def _bn_channels(bn: nn.Module) -> int: return bn.running_mean.numel() if getattr(bn, 'running_mean', None) is not None else bn.num_features
 
-# %% ../nbs/01_graph.ipynb #9faaf9b5
+# %% ../nbs/01_graph.ipynb #6514acd9
 @dataclass
 class LayerKind:
     "How a BatchNorm's shift reaches the borders of a layer's output, for backward folds."
@@ -169,7 +169,8 @@ def _same_pads(conv) -> str:
     return 'none' if all(k == 1 for k in conv.kernel_size) else 'zeros'
 
 LAYER_KINDS: dict[type, LayerKind] = {}
-_KNOWN_LAYERS = {('timm.layers.conv2d_same', 'Conv2dSame'): LayerKind(_same_pads)}
+_KNOWN_LAYERS = {('timm.layers.conv2d_same', 'Conv2dSame'): LayerKind(_same_pads),
+                 ('timm.layers.linear', 'Linear'): LayerKind(_conv_pads)}   # its forward is F.linear (with a cast when scripted)
 _PLAIN_LAYER = LayerKind(_conv_pads)
 
 def register_layer(cls: type, # a `Conv*d`/`ConvTranspose*d`/`Linear` subclass whose forward is that layer's function (of a padded input)
@@ -770,13 +771,23 @@ def find_move(n: fx.Node, facts: GraphFacts, direction: str) -> Move|None:
     "The first move in the table that matches `n` and can be crossed in `direction` ('up' or 'down')."
     return next((m for m in MOVES if getattr(m, direction) is not None and m.match(n, facts)), None)
 
-# %% ../nbs/01_graph.ipynb #072f6da3
-def _same_up(n, flow, facts): return [(n.args[0], flow)]
+# %% ../nbs/01_graph.ipynb #4ee9f2c5
+def _same_up(n, flow, facts): return [(_input(n), flow)]
 def _same_down(n, x, flow, facts): return flow
 
 # identity in eval mode
+def _input(n: fx.Node) -> fx.Node:
+    "The value an eval identity passes on: its first node argument (`0 + x` passes `x`)."
+    return next(a for a in n.args if isinstance(a, fx.Node))
+
+def _adds_zero(n) -> bool:
+    "Is `n` `x + 0`, `0 + x` or `x - 0` (as `0 + branch(x)` in MobileOne's sum when a branch is absent)?"
+    if not (n.op == 'call_function' and n.target in _ADDS and len(n.args) == 2 and not n.kwargs): return False
+    zero = [i for i, a in enumerate(n.args) if type(a) in (int, float) and a == 0]
+    return len(zero) == 1 and isinstance(n.args[1 - zero[0]], fx.Node) and (_ADDS[n.target] > 0 or zero[0] == 1)
+
 def _is_identity(n, facts):
-    return (n.op == 'call_module' and type(facts.module(n)) is nn.Identity) or _meth(n, 'contiguous', 'clone')
+    return (n.op == 'call_module' and type(facts.module(n)) is nn.Identity) or _meth(n, 'contiguous', 'clone') or _adds_zero(n)
 def _is_dropout(n, facts):
     if n.op == 'call_module': return type(facts.module(n)) in _DROPOUTS
     return _fn(n, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout) and _arg(n, 2, 'training', True) is False
@@ -1144,7 +1155,7 @@ def plan_backward(node: fx.Node, bn: nn.Module, facts: GraphFacts) -> Decision:
             stack.append((u, move.down(u, n, flow, facts)))
     return Decision(facts.qual(node.target), parts, 'backward', ', '.join(dict.fromkeys(via)))
 
-# %% ../nbs/01_graph.ipynb #d23d5914
+# %% ../nbs/01_graph.ipynb #2f90faef
 def _centred(conv) -> bool:
     "Does output pixel p of `conv` read input pixel p at its kernel's centre (stride 1, odd kernel, 'same' padding)?"
     if isinstance(conv, _ConvTransposeNd) or any(s != 1 for s in conv.stride) or any(k % 2 == 0 for k in conv.kernel_size): return False
@@ -1156,6 +1167,11 @@ def _is_pass(n, facts) -> bool:
     "Is `n` the identity in eval mode (an `Identity`, a dropout, `.contiguous()`)?"
     return (m := find_move(n, facts, 'up')) is not None and m.name in ('identity', 'dropout')
 
+def _source(v, facts):
+    "The value `v` is, through eval identities (an `Identity` module in front of an identity branch)."
+    while isinstance(v, fx.Node) and _is_pass(v, facts): v = _input(v)
+    return v
+
 def _sum_terms(root: fx.Node, facts) -> list[tuple]:
     "The terms of the sum `root` with their signs, through nested add/sub nodes (and eval identities) that only this sum reads."
     terms, stack = [], [(root, 1)]
@@ -1163,7 +1179,7 @@ def _sum_terms(root: fx.Node, facts) -> list[tuple]:
         n, sign = stack.pop()
         for a, sa in zip(n.args, (1, _sign(n))):
             b, user = a, n
-            while _is_pass(b, facts) and _value_users(b) == [user]: user, b = b, b.args[0]
+            while _is_pass(b, facts) and _value_users(b) == [user]: user, b = b, _input(b)
             if _is_add(b, facts) and _value_users(b) == [user] and _occurrences(user, b) == 1: stack.append((b, sign * sa))
             else: terms.append((a, sign * sa))
     return terms
@@ -1201,8 +1217,8 @@ def _branch_into(node, bn, x, term, sign, flow, facts, decisions) -> Decision:
             folded_bn = d; n = n.args[0]; continue
         move = find_move(n, facts, 'up')
         if move is None or move.name not in ('identity', 'dropout'): _stop(n, facts, 'the sibling term comes from')
-        n = n.args[0]
-    if n.args[0] is not x: refuse('no-layer', f'{facts.describe(n)} does not read the BatchNorm\'s input')
+        n = _input(n)
+    if _source(n.args[0], facts) is not _source(x, facts): refuse('no-layer', f'{facts.describe(n)} does not read the BatchNorm\'s input')
     if folded_bn is not None and (folded_bn.parts[0].layer != facts.qual(n.target) or not torch.equal(folded_bn.parts[0].channel_map, torch.arange(_out_channels(layer)))):
         refuse('nonlinear', f'the BatchNorm after {facts.describe(n)} does not fold into it whole')
     if (why := layer_problem(layer, n, facts)): raise Refusal(why.kind, why.text)
@@ -1213,13 +1229,13 @@ def _branch_into(node, bn, x, term, sign, flow, facts, decisions) -> Decision:
     if flow.axis(x, facts, 'back') != _channel_axis(layer): refuse('rank', f'the BatchNorm\'s channels are not the channels of `{name}`')
     return Decision(facts.qual(node.target), [Part(name, 'branch', flow.cmap, True, sign)], 'branch', 'add' if sign > 0 else 'sub')
 
-# %% ../nbs/01_graph.ipynb #6195c5ed
+# %% ../nbs/01_graph.ipynb #051d7690
 def _merge_chains(nodes: list, problems: dict, facts) -> None:
     "BatchNorm -> BatchNorm: the second folds into the first (two affine maps compose into one), recorded in `facts.merged`."
     for node in nodes:
         if problems.get(node) is not None: continue
         n = node.args[0]
-        while (m := find_move(n, facts, 'up')) is not None and m.name in ('identity', 'dropout', 'batchnorm') and len(_value_users(n)) == 1: n = n.args[0]
+        while (m := find_move(n, facts, 'up')) is not None and m.name in ('identity', 'dropout', 'batchnorm') and len(_value_users(n)) == 1: n = _input(n)
         if n.op != 'call_module' or not is_batchnorm(b1 := facts.module(n)) or problems.get(n, True) is not None: continue
         if len(_value_users(n)) != 1 or not _plain_output(b1) or _bn_channels(b1) != _bn_channels(facts.module(node)): continue
         try: _bn_flow(node, facts.module(node), facts); _bn_flow(n, b1, facts)
