@@ -238,6 +238,10 @@ def test_check_on_example_inputs_cancels_only_the_folds_that_change_the_output()
     randomize_bn(m := Peeks()).eval()
     folded = BN_Folder(check=False).fold(m, example_inputs=x4)   # unchecked, the fold goes through and changes the output
     assert not torch.allclose(folded(x4), m(x4))
+    randomize_bn(m := Peeks()).eval(); want = m(x4)
+    f = BN_Folder(); out = f.fold(m, inplace=True, example_inputs=x4)   # in place too: the check measures rounding on the unfolded model
+    assert out is m and f.report['b1'].folded and f.report['b2'].kind == 'check', f.report
+    torch.testing.assert_close(out(x4), want, rtol=1e-5, atol=1e-5)
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
 def test_every_dtype_leaves_the_original_untouched(dtype):
