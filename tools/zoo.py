@@ -37,7 +37,8 @@ Status: ok, crash (fasterbn raised: stage + exception), error (the unfolded mode
 oom (over `--memory`), timeout, died (the worker process ended without a result), no-bn (skipped).
 
 Where the fold is inexact (over 1e-9), the float64 noise floor is measured too: how far the unfolded model's output
-moves when every weight is changed by about one rounding error (an ill-conditioned model amplifies rounding).
+moves when every weight is changed by about one rounding error, and when only the order of its sums changes (the same
+model in channels_last memory format): an ill-conditioned model amplifies rounding.
 
 Outputs: DIR/zoo.jsonl (a `run` line, then one line per model) and DIR/zoo.md. Partial runs (--quick, --models,
 --limit) write DIR/zoo-partial.* instead, so trying the tool never overwrites the committed full sweep. Listing the
@@ -326,6 +327,10 @@ def measure(spec) -> dict:
         if rec['exact'] is False:   # how far one rounding of every weight moves this model's output: the float64 noise floor
             del model
             rec['noise'] = compare(outputs(perturbed(prepared(spec, dtype)), xd, probes), ref)
+            # and how far it moves when only the order of the sums changes: the unfolded model in channels_last memory format
+            last = lambda t: t.contiguous(memory_format=torch.channels_last) if isinstance(t, torch.Tensor) and t.dim() == 4 else t
+            try: rec['order_noise'] = compare(outputs(prepared(spec, dtype).to(memory_format=torch.channels_last), tuple(map(last, xd)), probes), ref)
+            except Exception: pass
         if folder64.report.n_folded != rec['folded']: rec['notes'] = rec['notes'] + [f'the {dtype} fold folded {folder64.report.n_folded}']
         rec['status'] = 'ok'
     except Exception as e:
@@ -507,7 +512,9 @@ def render(jsonl: Path) -> str:
     if inexact or more or bad or f32:
         out += ['', '## Findings', '']
         out += [f"- **inexact**: `{r['id']}` relative error {r['rel_err']:.3g}" + (f"; one rounding of every weight of the unfolded model moves its "
-                f"output by {r['noise']:.3g} (its float64 noise floor)" if isinstance(r.get('noise'), float) else '') for r in inexact]
+                f"output by {r['noise']:.3g}" if isinstance(r.get('noise'), float) else '')
+                + (f", and running it in channels_last memory format (the same weights, its sums in another order) by {r['order_noise']:.3g}"
+                   if isinstance(r.get('order_noise'), float) else '') + ': its float64 noise floor' for r in inexact]
         out += [f"- checked in float32 only (its float64 forward fails: {r['float64_error']}): `{r['id']}` relative error {r['rel_err']:.3g}" for r in f32]
         out += [f"- fx `fuse` folds more: `{r['id']}` {r['fuse_folded']} vs {r['folded']} (fuse's float64 error {_fmt_err(r.get('fuse_rel_err'))})" for r in more]
         out += [f"- {r['status']}: `{r['id']}`{' at ' + r['stage'] if r.get('stage') else ''}: {r.get('error', '')}" for r in bad]
