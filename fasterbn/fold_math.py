@@ -83,7 +83,7 @@ def new_parameter(value: Tensor, # the new values (any dtype)
     return nn.Parameter(cast_like(ref, value), requires_grad=like.requires_grad)
 
 # %% ../nbs/00_fold_math.ipynb #d2923b5c
-_CHUNK = 1 << 16   # weight elements per float64 product
+_CHUNK = 1 << 18   # weight elements per float64 product (2 MiB)
 
 def _own_index(layer: nn.Module, w: Tensor) -> Tensor:
     "For each (dim 0, dim 1) weight index in the layer's own layout, the channel on the other side: input channel (Conv, Linear) or output channel (ConvTranspose)."
@@ -110,13 +110,22 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
         for v, per_row in ((s_in, transposed), (s_out, not transposed)):
             if v is not None: scale *= v.to(scale).view(-1, 1) if per_row else v.to(scale)[idx]
     else: scale = (s_out.to(dev, torch.float64) if s_out is not None else torch.ones(d0, dtype=torch.float64, device=dev)).view(-1, 1)
-    out, mag = torch.empty_like(w), torch.empty(d0, d1 if transposed else 1, dtype=torch.float64, device=dev)
-    per_row = scale.view(scale.shape[0], scale.shape[1], *(1,) * k)
+    out, per_row = torch.empty_like(w), scale.view(scale.shape[0], scale.shape[1], *(1,) * k)
+    by_row = scale.shape[1] == 1   # one scale per row (a Conv or Linear folded forward): magnitudes come from the weight's rows
+    if by_row: hi, lo = w.new_empty(d0), w.new_empty(d0)   # each row's largest and smallest weight
+    else: mag = torch.empty(d0, d1, dtype=torch.float64, device=dev)
     step = max(1, _CHUNK // max(1, w[0].numel()))   # rows per chunk: its float64 product stays in cache, and never becomes a full copy
+    buf = torch.empty((min(step, d0), *w.shape[1:]), dtype=torch.float64, device=dev)   # one float64 buffer, reused by every chunk
     for a in range(0, d0, step):
-        prod = w[a:a + step].to(torch.float64, copy=True).mul_(per_row[a:a + step])   # in float64 (a copy, even of float64 weights)
-        out[a:a + step].copy_(prod)                                          # rounded once into the layer's dtype and memory format
-        mag[a:a + step] = prod.abs().amax(dim=kernel) if transposed else prod.abs().flatten(1).amax(1, keepdim=True)
+        rows, prod = w[a:a + step], buf[:min(step, d0 - a)]
+        prod.copy_(rows).mul_(per_row[a:a + step])   # in float64
+        out[a:a + step].copy_(prod)                   # rounded once into the layer's dtype and memory format
+        if by_row:                                    # (the rows are still in cache: the product just read them)
+            flat = rows.reshape(rows.shape[0], -1)
+            torch.amax(flat, 1, out=hi[a:a + step]); torch.amin(flat, 1, out=lo[a:a + step])
+        else: mag[a:a + step] = prod.abs().amax(dim=kernel) if k else prod.abs()
+    # rounding is monotonic: the largest |w| of a row times its scale is exactly the row's largest |w * scale| in float64
+    if by_row: mag = torch.maximum(hi, lo.neg()).to(torch.float64).unsqueeze(1) * scale.abs()
     b = layer.bias.detach().to(dev, torch.float64) if layer.bias is not None else torch.zeros(n_out, dtype=torch.float64, device=dev)
     if t_in is not None and bool((t_in != 0).any()):
         taps = w.sum(dim=kernel, dtype=torch.float64) if k else w.double()   # (d0, d1): the weight summed over its kernel
@@ -124,7 +133,7 @@ def fold_layer(layer: nn.Module, # a `Conv*d`, `ConvTranspose*d` or `Linear`
         else: b = b + (taps * t_in.to(taps)[idx]).sum(1)
     if s_out is not None: b = s_out.to(b) * b + t_out.to(b)
     if transposed: mags = torch.zeros(n_out, dtype=torch.float64, device=dev).scatter_reduce(0, idx.reshape(-1), mag.reshape(-1), 'amax')
-    else: mags = mag[:, 0]
+    else: mags = mag.amax(1)
     if centre_s is not None:   # an identity branch: out[c, c % d1, centre] += s_c, exactly in float64
         c = torch.arange(n_out, device=dev)
         at = (c, c % d1, *(torch.full_like(c, n // 2) for n in w.shape[2:]))
