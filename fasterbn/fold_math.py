@@ -83,7 +83,7 @@ def new_parameter(value: Tensor, # the new values (any dtype)
     return nn.Parameter(cast_like(ref, value), requires_grad=like.requires_grad)
 
 # %% ../nbs/00_fold_math.ipynb #d2923b5c
-_CHUNK = 1 << 18   # weight elements per float64 product (2 MiB)
+_CHUNK = 1 << 17   # weight elements per float64 product (1 MiB)
 
 def _own_index(layer: nn.Module, w: Tensor) -> Tensor:
     "For each (dim 0, dim 1) weight index in the layer's own layout, the channel on the other side: input channel (Conv, Linear) or output channel (ConvTranspose)."
