@@ -324,7 +324,7 @@ def _report(model: nn.Module, decisions: list, untraceable: dict, notes: list) -
         else: rows.append(FoldRow(name, False, reason=d.reason.text, kind=d.reason.kind))
     return FoldReport(rows, untraceable, notes)
 
-# %% ../nbs/02_folder.ipynb #cfb61f2c
+# %% ../nbs/02_folder.ipynb #c4490b97
 def _outputs64(root: nn.Module, inputs: tuple) -> list:
     "The float tensors `root` returns on `inputs`, as float64, leaving no trace on `root`."
     with torch.no_grad(), preserved(root):
@@ -400,7 +400,7 @@ def _units(decisions) -> list[list]:
             for k in set(x.layers) | {x.merged_into or x.bn}: where[k] = g
     return groups
 
-def _verify(model: nn.Module, work: nn.Module, decisions: list, refs: dict, journal: list):
+def _verify(model: nn.Module, work: nn.Module, decisions: list, updates: dict, refs: dict, journal: list):
     "Cancel the folds that change a checked root's output on example_inputs by more than float32 rounding (bisecting to find them)."
     def error(name):
         err = refs[name].error(work.get_submodule(name))
@@ -410,7 +410,7 @@ def _verify(model: nn.Module, work: nn.Module, decisions: list, refs: dict, jour
     _undo(journal); journal.clear()   # `work` is unfolded again: what rounding alone does is measured on it
     for name in suspect: refs[name].noise = _rounding_noise(work.get_submodule(name), refs[name].inputs, refs[name].ref)
     bad = {name: err for name, err in suspect.items() if not refs[name].tolerance(err)}
-    if not bad: journal.extend(_apply(work, decisions, _compute(model, decisions))); return
+    if not bad: journal.extend(_apply(work, decisions, updates)); return   # rounding explains it: the same folds again
     culprits = []
     def search(units, name):   # `units` fail together: find the smallest failing groups
         if len(units) == 1: culprits.extend(units[0]); return
@@ -432,7 +432,7 @@ def _verify(model: nn.Module, work: nn.Module, decisions: list, refs: dict, jour
                                            f'rounding the folded weights explains {r.noise or 0:.3g}: forward uses the modules in a way the graph does not show')
     journal.extend(_apply(work, decisions, _compute(model, decisions)))
 
-# %% ../nbs/02_folder.ipynb #6f982de5
+# %% ../nbs/02_folder.ipynb #030de0ca
 @contextmanager
 def _collector_paused():
     "Pause Python's cyclic garbage collector: a fold allocates many small objects (graph nodes, copied modules), and its passes cost a quarter of the time."
@@ -481,7 +481,7 @@ class BN_Folder:
                     raise TypeError(f'cannot deep-copy the model ({_first_line(e)}): fold a copy you make, or pass inplace=True') from None
             else: work = model
             journal = _apply(work, decisions, updates)
-            if refs: _verify(model, work, decisions, refs, journal)
+            if refs: _verify(model, work, decisions, updates, refs, journal)
         except BaseException:
             for m, mode in modes.items(): m.training = mode
             raise

@@ -247,3 +247,14 @@ def test_check_on_example_inputs_cancels_only_the_folds_that_change_the_output()
 def test_every_dtype_leaves_the_original_untouched(dtype):
     m = nn.Sequential(nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.BatchNorm2d(5), nn.Conv2d(5, 3, 1)).to(dtype)
     fold_and_check(m, x4.to(dtype), factor=10 if dtype != torch.bfloat16 else 40)
+
+@pytest.mark.parametrize('inplace', [False, True])
+def test_check_keeps_folds_that_rounding_explains(monkeypatch, inplace):
+    "A difference above float32 output rounding but within the rounding noise keeps every fold: the planned weights go back in."
+    import fasterbn.folder as folder
+    monkeypatch.setattr(folder._Reference, 'below_output_rounding', lambda self, err: False)   # every root is suspect
+    m = randomize_bn(nn.Sequential(nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 3, 1))).eval()
+    want = m(x4)
+    f = BN_Folder(); out = f.fold(m, inplace=inplace, example_inputs=x4)
+    assert f.report.n_folded == 2 and (out is m) == inplace, f.report
+    torch.testing.assert_close(out(x4), want, rtol=1e-5, atol=1e-5)
