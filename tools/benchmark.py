@@ -6,7 +6,7 @@
 A full run (no --quick, --fold-only or model names) refreshes the project's published results, bench/results.md and
 nbs/images/benchmark.png, found from this script's location; other runs write only where --out-dir/--out/--plot say.
 `fasterbn bench` runs the same benchmark and writes into ./fasterbn-bench instead.
-The code lives in fasterbn/bench.py, exported from nbs/06_benchmark.ipynb.
+The code lives in fasterbn/bench.py, exported from nbs/13_benchmark.ipynb.
 """
 import sys
 from pathlib import Path
