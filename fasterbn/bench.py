@@ -12,8 +12,10 @@ import torch, torch.nn as nn
 import torch.fx as fx
 from rich.console import Console
 from rich.progress import Progress, TextColumn, BarColumn, MofNCompleteColumn, TimeElapsedColumn
-from .folder import BN_Folder, randomize_bn, interleaved_times, latency_ratio, _flat_outputs, _to_double, _first_line
-from .graph import is_batchnorm
+from .folder import BN_Folder, randomize_bn, interleaved_times, latency_ratio
+from .check import flat_outputs as _flat_outputs, to_double as _to_double
+from .facts import first_line as _first_line
+from .ops import is_batchnorm
 from .cli import CLIError, _write_atomic
 
 

@@ -28,8 +28,8 @@ with _quiet_fastai_import():
     from fastai.callback.core import Callback
     from fastai.learner import Learner
     from fastai.torch_core import get_model
-from .folder import BN_Folder, FoldReport, _unwrap
-from .graph import is_batchnorm
+from .folder import BN_Folder, FoldReport, unwrap as _unwrap
+from .ops import is_batchnorm
 
 
 # %% auto #0

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from . import __version__
 from .folder import BN_Folder, FoldReport, randomize_bn, fold_error, interleaved_times, latency_ratio
-from .graph import bn_replacement
+from .folder import bn_replacement
 
 # %% auto #0
 __all__ = ['FOLDED_FORMAT', 'CLIError', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'check_out', 'save_folded',
@@ -248,7 +248,7 @@ def max_difference(a: nn.Module, # one model
                    x: torch.Tensor, # input for both
                   ) -> tuple[float, float]: # (max abs difference of the outputs, max abs output of `a`)
     "Largest absolute difference between two models' outputs, and the output scale."
-    from fasterbn.folder import _flat_outputs
+    from fasterbn.check import flat_outputs as _flat_outputs
     with torch.no_grad(): oa, ob = _flat_outputs(a(x)), _flat_outputs(b(x))
     return (max(float((p - q).abs().max()) for p, q in zip(oa, ob)), max(float(p.abs().max()) for p in oa))
 

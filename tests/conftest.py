@@ -31,7 +31,7 @@ def fold_and_check(model, *inputs, example=True, factor=10, seed=0, randomize=Tr
     return folded, folder.report
 
 def n_batchnorms(model):
-    from fasterbn.graph import is_batchnorm
+    from fasterbn.ops import is_batchnorm
     return sum(is_batchnorm(m) for m in model.modules())
 
 # ---- helpers for the soundness tests (additive) ----------------------------------------------------

@@ -31,7 +31,7 @@ def _scenario(rank, dls, validate: bool, sync):
     from fastai.callback.core import Callback, CancelValidException
     import fastai.callback.progress
     from fasterbn.callback import BNFoldCallback
-    from fasterbn.folder import fold_error, _unwrap
+    from fasterbn.folder import fold_error, unwrap as _unwrap
 
     class Probe(Callback):
         "Keeps a copy of the unfolded model, right before the fold."

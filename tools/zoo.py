@@ -59,7 +59,7 @@ import timm, torchvision, torchvision.models as tvm
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torch.fx.experimental.optimization import fuse
 from fasterbn.folder import BN_Folder, randomize_bn
-from fasterbn.graph import is_batchnorm
+from fasterbn.ops import is_batchnorm
 
 MAX_PARAMS, TOL, SEED = 60e6, 1e-9, 0
 SIZES = (64, 96, 128, 160, 192, 224)
