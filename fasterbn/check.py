@@ -10,14 +10,15 @@ import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torch.fx as fx
 from .rules import Reason
 from .trace import preserved
 from .facts import first_line
+from .ops import functional_layer
 
 # %% auto #0
 __all__ = ['to_double', 'flat_outputs', 'fold_error', 'float64_outputs', 'in_float64', 'Reference', 'rounding_noise', 'under',
-           'references', 'fold_units', 'verify']
+           'references', 'fold_units', 'culprits_of', 'verify', 'signature', 'reads_bias', 'functional_calls', 'replay']
 
 # %% ../nbs/07_check.ipynb #ddacb780
 def to_double(x):
@@ -150,6 +151,24 @@ def fold_units(decisions: list) -> list[list]:
                 where[k] = g
     return groups
 
+def culprits_of(units: list, # groups of decisions that fail together, each can be applied alone
+                fails: Callable, # list of decisions -> do they fail, applied alone?
+               ) -> list: # the decisions of the smallest failing groups
+    "Bisect `units` down to the groups that fail on their own (all of them, if only their union fails)."
+    if len(units) == 1:
+        return list(units[0])
+    half, found = len(units) // 2, []
+    for part in (units[:half], units[half:]):
+        if fails([d for u in part for d in u]):
+            found += culprits_of(part, fails)
+    return found or [d for u in units for d in u]
+
+def _cancel(decisions: list, kind: str, text: str):
+    for d in decisions:
+        if d.folded:
+            d.parts, d.merged_into = [], ''
+            d.reason = Reason(kind, text)
+
 def verify(model: nn.Module, # the unfolded model the decisions were planned on
            work: nn.Module, # the model being folded (the model itself, or its copy), folds applied
            decisions: list, # every `Decision`; the failing ones are cancelled in place
@@ -161,8 +180,6 @@ def verify(model: nn.Module, # the unfolded model the decisions were planned on
            compute: Callable, # (model, decisions) -> updates
           ):
     "Cancel the folds that change a checked root's output on example_inputs by more than rounding explains (bisecting to find them)."
-    def ok(name):
-        return refs[name].tolerance(refs[name].error(work.get_submodule(name)))
     suspect = {}
     for name, r in refs.items():
         err = r.error(work.get_submodule(name))
@@ -178,29 +195,90 @@ def verify(model: nn.Module, # the unfolded model the decisions were planned on
     if not bad:   # rounding explains it: the same folds again
         journal.extend(apply(work, decisions, updates))
         return
-    culprits = []
-    def search(units, name):   # `units` fail together: find the smallest failing groups
-        if len(units) == 1:
-            culprits.extend(units[0])
-            return
-        half, failed = len(units) // 2, False
-        for part in (units[:half], units[half:]):
-            part_decisions = [d for u in part for d in u]
-            j = apply(work, part_decisions, compute(model, part_decisions))
-            good = ok(name)
-            undo(j)
-            if not good:
-                failed = True
-                search(part, name)
-        if not failed:   # only together: cancel them all
-            culprits.extend(d for u in units for d in u)
     for name, err in bad.items():
-        search([u for u in fold_units(decisions) if under(u[0].bn, name)], name)
+        def fails(ds):
+            j = apply(work, ds, compute(model, ds))
+            good = refs[name].tolerance(refs[name].error(work.get_submodule(name)))
+            undo(j)
+            return not good
         noise = refs[name].noise or 0
-        for d in culprits:
-            if d.folded:
-                d.parts, d.merged_into = [], ''
-                d.reason = Reason('check', f'folding it changed the output of `{name or "<model>"}` on example_inputs by {err:.3g} (in float64), '
-                                           f'where rounding the folded weights explains {noise:.3g}: forward uses the modules in a way the graph '
-                                           'does not show')
+        _cancel(culprits_of([u for u in fold_units(decisions) if under(u[0].bn, name)], fails), 'check',
+                f'folding it changed the output of `{name or "<model>"}` on example_inputs by {err:.3g} (in float64), where rounding the folded '
+                f'weights explains {noise:.3g}: forward uses the modules in a way the graph does not show')
+    journal.extend(apply(work, decisions, compute(model, decisions)))
+
+# %% ../nbs/07_check.ipynb #a4b7018d
+def signature(graph: fx.Graph, # a traced graph
+              functional: dict, # node -> local name of the layer it applies as a function (its bias argument is normalized)
+             ) -> list: # one entry per node that is not a `get_attr`: (op, target, args, kwargs), node references by position
+    "What a graph computes, comparable across two traces: nodes by position, tensors read by name, functional layers' bias normalized."
+    index, out = {}, []
+    for n in graph.nodes:
+        if n.op == 'get_attr':
+            continue
+        def ref(a):
+            if isinstance(a, fx.Node):
+                return ('attr', a.target) if a.op == 'get_attr' else ('node', index[a])
+            return a
+        args, kwargs = fx.node.map_aggregate(n.args, ref), fx.node.map_aggregate(n.kwargs, ref)
+        if n in functional:
+            args = (*args[:2], ('bias', functional[n]), *args[3:]) if len(args) > 2 else args
+            kwargs = {k: ('bias', functional[n]) if k == 'bias' else v for k, v in kwargs.items()}
+        index[n] = len(out)
+        out.append((n.op, n.target if n.op != 'placeholder' else None, args, kwargs))
+    return out
+
+def reads_bias(graph: fx.Graph, functional: dict, layers: set) -> bool:
+    "Does every functional call of the layers named in `layers` pass its layer's own bias (a `get_attr` of it)?"
+    for n, local in functional.items():
+        if local in layers:
+            b = n.args[2] if len(n.args) > 2 else n.kwargs.get('bias')
+            if not (isinstance(b, fx.Node) and b.op == 'get_attr' and b.target == f'{local}.bias'):
+                return False
+    return True
+
+def functional_calls(graph: fx.Graph, root: nn.Module) -> dict:
+    "node -> local name of the layer, for each functional layer call in `graph` (see `fasterbn.ops.functional_layer`)."
+    modules, calls = dict(root.named_modules()), {}
+    for n in graph.nodes:
+        local = functional_layer(n, modules)
+        if local is not None:
+            calls[n] = local
+    return calls
+
+def replay(model: nn.Module, # the unfolded model the decisions were planned on
+           work: nn.Module, # the model being folded, folds applied
+           decisions: list, # every `Decision`; the failing ones are cancelled in place
+           replays: dict, # root name -> (its original `Trace`, the local names of functional layers that gain a bias)
+           journal: list, # what `apply` wrote, to undo
+           apply: Callable, # (model, decisions, updates) -> journal
+           undo: Callable, # journal -> None
+           compute: Callable, # (model, decisions) -> updates
+           retrace: Callable, # (root module, original `Trace`) -> the folded root's graph
+          ):
+    "Trace each root that needs it again, folded, and cancel the folds under which its forward computes another graph."
+    before = {name: signature(t.graph, functional_calls(t.graph, model.get_submodule(name))) for name, (t, _) in replays.items()}
+    def same(name: str, ds: list) -> bool:
+        root = work.get_submodule(name)
+        try:
+            graph = retrace(root, replays[name][0])
+        except Exception:
+            return False
+        calls = functional_calls(graph, root)
+        gaining = {p.layer[len(name) + 1:] if name else p.layer for d in ds for p in d.parts} & replays[name][1]
+        return signature(graph, calls) == before[name] and reads_bias(graph, calls, gaining)
+    bad = [name for name in replays if not same(name, decisions)]
+    if not bad:
+        return
+    undo(journal)
+    journal.clear()
+    for name in bad:
+        def fails(ds):
+            j = apply(work, ds, compute(model, ds))
+            good = same(name, ds)
+            undo(j)
+            return not good
+        _cancel(culprits_of([u for u in fold_units(decisions) if under(u[0].bn, name)], fails), 'inspected',
+                f'traced again once folded, the forward of `{name or "<model>"}` computes another graph: it looks the folded modules up '
+                '(`isinstance`, `is None`) or ignores a new bias')
     journal.extend(apply(work, decisions, compute(model, decisions)))

@@ -14,9 +14,10 @@ from torch import Tensor
 from fastcore.basics import patch_to
 from .rules import Rules, Reason, refuse, is_fold_layer, out_channels, channel_axis, bn_channels
 from .trace import Trace, preserved, has_forward_hooks, global_forward_hooks
+from .ops import functional_layer, functional_pads
 
 # %% auto #0
-__all__ = ['ModelFacts', 'Ranks', 'first_line', 'clone_inputs', 'Outside', 'GraphFacts', 'Recorder']
+__all__ = ['ModelFacts', 'Ranks', 'first_line', 'clone_inputs', 'Outside', 'GraphFacts', 'LayerUse', 'Recorder']
 
 # %% ../nbs/03_facts.ipynb #9c726464
 @dataclass
@@ -287,6 +288,31 @@ class GraphFacts:
         return ', '.join(us[:3]) + (f' and {len(us) - 3} more' if len(us) > 3 else '')
 
 # %% ../nbs/03_facts.ipynb #b3cc35a5
+@dataclass(frozen=True)
+class LayerUse:
+    "A layer as the graph uses it: its module, called as a module or through a functional call on its own weight."
+    local: str          # its name inside the traced root
+    module: nn.Module   # the Conv/ConvTranspose/Linear
+    node: fx.Node       # the node that applies it
+    functional: bool    # True for `F.conv*d`/`F.linear` on its weight (its class redefines forward)
+
+@patch_to(GraphFacts)
+def layer_at(self, n: fx.Node) -> LayerUse|None:
+    "The layer node `n` applies (a Conv/Linear module call, or a functional call on a module's own weight), or None."
+    if n.op == 'call_module':
+        m = self.module(n)
+        return LayerUse(n.target, m, n, False) if m is not None and is_fold_layer(m) else None
+    local = functional_layer(n, self.modules)
+    return LayerUse(local, self.modules[local], n, True) if local is not None else None
+
+@patch_to(GraphFacts)
+def layer_pads(self, use: LayerUse):
+    "What the layer's padding fills in, for a backward fold: its kind says for a module call, the call's own padding for a functional one."
+    if use.functional:
+        return functional_pads(use.node, use.module)
+    return self.rules.layer_kind(use.module).pads(use.module)
+
+# %% ../nbs/03_facts.ipynb #04aaab3d
 @patch_to(GraphFacts)
 def _memory(self) -> tuple:
     "Alias classes (node -> root) and, per class, the writes to it in graph order; classes whose shape an op changes in place."
@@ -362,7 +388,7 @@ def _node_args(n: fx.Node) -> list[fx.Node]:
     from torch.utils._pytree import tree_flatten
     return [a for a in tree_flatten((n.args, n.kwargs))[0] if isinstance(a, fx.Node)]
 
-# %% ../nbs/03_facts.ipynb #04aaab3d
+# %% ../nbs/03_facts.ipynb #ec6ae4ec
 @patch_to(GraphFacts)
 def rank_rule(self, n: fx.Node) -> tuple:
     "What `n` does to ranks (a rank rule, see the table), and the input ranks at which it runs (None: unknown)."
@@ -377,6 +403,10 @@ def rank_rule(self, n: fx.Node) -> tuple:
                 return ('same', a0), None
             d = len(m.kernel_size)
             return ('same', a0), (d + 1, d + 2)
+    use = self.layer_at(n) if n.op == 'call_function' else None
+    if use is not None:   # a functional layer call keeps its input's rank, like the module
+        d = 0 if isinstance(use.module, nn.Linear) else len(use.module.kernel_size)
+        return ('same', a0), ((d + 1, d + 2) if d else None)
     op = self.op(n)
     if op is None or op.rank is None:
         return ('unknown',), None
@@ -434,10 +464,11 @@ def channels_proof(self, n, axis: int) -> tuple:
     node = n
     while isinstance(node, fx.Node):
         r, proven = self.rank_proof(node)
-        m = self.module(node)
+        m, use = self.module(node), self.layer_at(node)
+        if r is not None and use is not None and (use.functional or self.rules.layer_kind(m) is not None):
+            if axis - r == channel_axis(use.module):
+                return out_channels(use.module), proven
         if r is not None and m is not None:
-            if self.rules.layer_kind(m) is not None and axis - r == channel_axis(m):
-                return out_channels(m), proven
             kind = self.rules.batchnorm_kind(m)
             if kind is not None and axis == 1 and (kind.keeps_shape or r in (kind.ranks or ())):
                 return bn_channels(m), proven
@@ -483,7 +514,7 @@ def missing(self, what: str) -> tuple[str, str]:
         return 'needs-example-inputs', f'{what}: pass example_inputs'
     return 'channels', what + (f' (example_inputs failed: {self.shapes_error})' if self.shapes_error else '')
 
-# %% ../nbs/03_facts.ipynb #ec6ae4ec
+# %% ../nbs/03_facts.ipynb #d2f19081
 _TENSOR_ATTRS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 @patch_to(GraphFacts)
@@ -500,17 +531,16 @@ def inspections(self, local: str) -> int:
     return max(0, self.attr_reads.get(parent, {}).get(attr, 0) - self.calls[local])
 
 @patch_to(GraphFacts)
-def use_problem(self, m: nn.Module, local: str, replaced: bool) -> Reason|None:
-    "Why changing module `m` (called as `local` here) could change something else than this call; None if every use is accounted for."
+def use_problem(self, m: nn.Module, local: str, replaced: bool, via: fx.Node|None=None) -> Reason|None:
+    """Why changing module `m` (called as `local` here, or applied by the functional call `via`) could change something else than this call;
+    None if every use is accounted for."""
     what = f'`{self.qual(local)}`'
-    n = self.calls[local]
-    if n != 1:
-        return Reason('reused', f'{what} is called at {n} sites in the forward: folding changes every call')
-    if self.reads[local]:
-        return Reason('read', f'the forward also reads the tensors of {what} directly')
-    attrs = self.attribute_reads(local, replaced)
-    if attrs:
-        return Reason('read', f'the forward reads {what}.{attrs[0]}, which folding changes')
+    if via is None:
+        problem = self._call_problem(local, replaced)
+    else:
+        problem = self._functional_problem(local, via)
+    if problem is not None:
+        return problem
     held = self.model.held.get(id(m))
     if held and (replaced or held[1]):
         what_stays = 'the BatchNorm' if replaced else 'the unfolded layer'
@@ -522,10 +552,41 @@ def use_problem(self, m: nn.Module, local: str, replaced: bool) -> Reason|None:
     if self.model.global_hooks:
         return Reason('hooks', 'a global module forward hook is registered (register_module_forward_hook): '
                                'it sees every module\'s output, which folding changes')
-    return self.outside_problem(local)
+    return self.outside_problem(local, calls=1 if via is not None else self.calls[local])
 
 @patch_to(GraphFacts)
-def outside_problem(self, local: str) -> Reason|None:
+def _call_problem(self, local: str, replaced: bool) -> Reason|None:
+    "Why the uses of module `local`, called as a module, are not just its one call."
+    what = f'`{self.qual(local)}`'
+    n = self.calls[local]
+    if n != 1:
+        return Reason('reused', f'{what} is called at {n} sites in the forward: folding changes every call')
+    if self.reads[local]:
+        return Reason('read', f'the forward also reads the tensors of {what} directly')
+    attrs = self.attribute_reads(local, replaced)
+    if attrs:
+        return Reason('read', f'the forward reads {what}.{attrs[0]}, which folding changes')
+    return None
+
+@patch_to(GraphFacts)
+def _functional_problem(self, local: str, via: fx.Node) -> Reason|None:
+    "Why the uses of layer `local`, applied by the functional call `via`, are not just that call reading its weight and bias."
+    what = f'`{self.qual(local)}`'
+    if self.calls[local]:
+        return Reason('reused', f'{what} is also called as a module, besides the call of its own forward')
+    own = [a for a in via.args[1:3] if isinstance(a, fx.Node)]
+    tensors = [n for n in self.nodes if n.op == 'get_attr' and self._owner(n.target) == local]
+    if any(t not in own or list(t.users) != [via] for t in tensors):
+        return Reason('read', f'the forward reads the tensors of {what} besides the one call that applies them')
+    reads = self.attr_reads.get(local, {})
+    if any(reads.get(a, 0) > 1 for a in ('weight', 'bias')):
+        return Reason('read', f'the forward reads {what}.weight or .bias more than once')
+    if self.inspections(local):
+        return Reason('inspected', f'the forward looks {what} up more often than it runs it')
+    return None
+
+@patch_to(GraphFacts)
+def outside_problem(self, local: str, calls: int) -> Reason|None:
     "Why uses of `local` from outside this root may exist (an ancestor's graph, a recorded run, or no evidence)."
     o, q, parts = self.outside, self.qual(local), local.split('.')
     for i in range(1, len(parts) + 1):   # the module, and the modules between the root and it
@@ -548,13 +609,13 @@ def outside_problem(self, local: str) -> Reason|None:
     runs = rec.calls[id(self.root)]
     if not runs:
         return Reason('needs-example-inputs', f'example_inputs never reach `{o.root}`, so its uses are unknown: pass example_inputs that do')
-    total, ours = rec.calls[id(m)], self.calls[local] * runs
+    total, ours = rec.calls[id(m)], calls * runs
     if total != ours:
         return Reason('outside-use', f'on example_inputs `{q}` runs {total} times, and `{o.root}` calls it {ours} times: '
                                      f'the rest come from `{blind}` or another caller, which no graph shows')
     return None
 
-# %% ../nbs/03_facts.ipynb #d2f19081
+# %% ../nbs/03_facts.ipynb #4b9ac836
 class Recorder:
     "One run of the whole model on example_inputs: each module's calls and first inputs, and tensors read outside their module's forward."
     def __init__(self, model: nn.Module, example_inputs: tuple):

@@ -20,7 +20,7 @@ from .ops import default_rules, is_batchnorm
 from .trace import trace
 from .facts import GraphFacts, ModelFacts, Outside, Recorder, first_line
 from .plan import Planner, Decision
-from .check import fold_error, references, verify, flat_outputs
+from .check import fold_error, references, verify, replay, flat_outputs
 from .report import FoldReport, FoldRow, report_rows, scripted_bn
 
 # %% auto #0
@@ -84,6 +84,20 @@ class Plan:
     untraceable: dict = field(default_factory=dict)  # qualified module name -> why it did not trace
     notes: list = field(default_factory=list)        # anything else the report should say
     roots: list = field(default_factory=list)        # (name, inputs) of the outermost traced roots with inputs: where folds can be checked
+    replays: dict = field(default_factory=dict)      # root name -> (its `Trace`, functional layers gaining a bias): roots to trace again, folded
+
+def _needs_replay(facts: GraphFacts, decisions: list, rules: Rules) -> set|None:
+    "The functional layers that gain a bias, if the root's folds need it traced again (a layer written as a function, a module looked up); else None."
+    gaining, inspected = set(), False
+    for d in decisions:
+        if not d.folded:
+            continue
+        for local in [p.layer[len(facts.prefix):] for p in d.parts] + [d.bn[len(facts.prefix):]]:
+            m = facts.modules[local]
+            if is_fold_layer(m) and rules.layer_kind(m) is None and m.bias is None:
+                gaining.add(local)
+            inspected = inspected or facts.inspections(local) > 0
+    return gaining if gaining or inspected else None
 
 @torch.no_grad()
 def plan_model(model: nn.Module, # the model, in eval mode
@@ -121,7 +135,11 @@ def plan_model(model: nn.Module, # the model, in eval mode
             return
         inputs = example_inputs if not prefix else recorder.inputs.get(id(root)) if recorder else None
         facts = GraphFacts(root, traced, rules, inputs, model_facts, outside, prefix)
-        plan.decisions.extend(Planner(facts, backward).plan())
+        planned = Planner(facts, backward).plan()
+        plan.decisions.extend(planned)
+        gaining = _needs_replay(facts, planned, rules)
+        if gaining is not None:
+            plan.replays[name] = (traced, gaining)
         if facts.shapes_error:
             plan.notes.append(f'shapes of `{name or "<model>"}` could not be propagated on example_inputs ({facts.shapes_error})')
         if inputs is not None and not outside.checked:
@@ -334,7 +352,7 @@ class BN_Folder:
     def _copy(self, model: nn.Module, plan: Plan, updates: dict, rules: Rules, exact: bool) -> nn.Module:
         "A deep copy of `model` that takes the new weights, and each folded BatchNorm's replacement, instead of copies of the old ones."
         memo = {}
-        if not exact:   # (a check may undo folds in the copy: then it must start as a true copy)
+        if not exact:   # (a check or a replay may undo folds in the copy: then it must start as a true copy)
             mods = dict(model.named_modules())
             for n, u in updates.items():
                 for a, v in u.items():
@@ -360,9 +378,14 @@ class BN_Folder:
             if isinstance(model, torch.jit.ScriptModule):
                 work = model   # nothing in it can be folded: the report says why
             else:
-                work = model if inplace else self._copy(model, plan, updates, rules, exact=bool(refs))
+                work = model if inplace else self._copy(model, plan, updates, rules, exact=bool(refs or plan.replays))
             apply = lambda m, ds, ups: apply_folds(m, ds, ups, rules)
             journal = apply(work, plan.decisions, updates)
+            if plan.replays:
+                def retrace(root, traced):
+                    leaves = [getattr(m, a) for m, a, old in journal if isinstance(old, nn.Module) and rules.is_batchnorm(old)]
+                    return trace(root, rules, leaves, traced.closed).graph
+                replay(model, work, plan.decisions, plan.replays, journal, apply, undo_folds, compute_updates, retrace)
             if refs:
                 verify(model, work, plan.decisions, updates, refs, journal, apply, undo_folds, compute_updates)
         except BaseException:

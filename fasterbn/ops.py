@@ -6,10 +6,11 @@ Docs: https://fasterbn.github.io/fasterbn/ops.html.md"""
 
 # %% ../nbs/04_ops.ipynb #139af4a0
 from __future__ import annotations
-import math, operator
+import copy, math, operator
 from dataclasses import replace
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F, torch.fx as fx
+from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from .rules import (Op, Rules, Flow, BatchNormKind, LayerKind, Pads, refuse, identity_replacement, is_fold_layer,
@@ -19,9 +20,10 @@ from .rules import (Op, Rules, Flow, BatchNormKind, LayerKind, Pads, refuse, ide
 __all__ = ['DROPOUTS', 'ELEMENTWISE', 'RANK_KEEPING', 'BINARY', 'REDUCTION', 'VIEW', 'LIKE', 'UNSQUEEZE', 'EMBEDDING',
            'UNFLATTEN', 'SLICE', 'SHAPE', 'IDENTITY', 'CONTIGUOUS', 'CLONE', 'ADD_ZERO', 'DROPOUT', 'POOL', 'MEAN',
            'ANY_MEAN', 'TRANSPOSE', 'ANY_TRANSPOSE', 'FLATTEN', 'CATS', 'CAT', 'ANY_CAT', 'ADD', 'ANY_ADD', 'PAD',
-           'RESIZE', 'BUILTIN_OPS', 'BUILTIN_RULES', 'arg', 'first_input', 'inplace_writes', 'inplace_alias',
-           'same_rank', 'same_up', 'same_down', 'flatten_range', 'cat_dim', 'cat_pieces', 'is_add', 'add_sign',
-           'default_rules', 'Registration', 'register_op', 'register_layer', 'register_batchnorm', 'is_batchnorm']
+           'RESIZE', 'FUNCTIONAL_LAYERS', 'BUILTIN_OPS', 'BUILTIN_RULES', 'arg', 'first_input', 'inplace_writes',
+           'inplace_alias', 'same_rank', 'same_up', 'same_down', 'flatten_range', 'cat_dim', 'cat_pieces', 'is_add',
+           'add_sign', 'functional_layer', 'functional_pads', 'traced_affine', 'recognize_batchnorm', 'default_rules',
+           'Registration', 'register_op', 'register_layer', 'register_batchnorm', 'is_batchnorm']
 
 # %% ../nbs/04_ops.ipynb #c3a1ff62
 def arg(n: fx.Node, # a call node
@@ -514,12 +516,160 @@ RESIZE = Op('resize', modules=(nn.Upsample, nn.UpsamplingNearest2d, nn.Upsamplin
             rule='always (weights that sum to 1); the channel axis is not resized')
 
 # %% ../nbs/04_ops.ipynb #7c9c84fd
+FUNCTIONAL_LAYERS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3, F.linear: 0}
+
+def functional_layer(n: fx.Node, # a node of a traced root
+                     modules: dict, # the root's modules by local name
+                    ) -> str|None:
+    "The local name of the Conv/Linear module whose own weight the call `n` (`F.conv*d`, `F.linear`) applies, or None."
+    if n.op != 'call_function' or n.target not in FUNCTIONAL_LAYERS:
+        return None
+    w = arg(n, 1, 'weight')
+    if not (isinstance(w, fx.Node) and w.op == 'get_attr' and w.target.endswith('.weight')):
+        return None
+    local = w.target[:-len('.weight')]
+    m = modules.get(local)
+    dims = FUNCTIONAL_LAYERS[n.target]
+    if isinstance(m, nn.Linear) and dims == 0:
+        return local
+    if isinstance(m, _ConvNd) and not isinstance(m, _ConvTransposeNd) and len(m.kernel_size) == dims:
+        return local
+    return None
+
+def functional_pads(n: fx.Node, layer: nn.Module) -> Pads:
+    "What the padding of a functional conv call fills in: zeros wherever it pads (`F.conv*d` pads with zeros only)."
+    if n.target is F.linear:
+        return Pads.NONE
+    pad = arg(n, 4, 'padding', 0)
+    if pad == 'valid' or pad == 'same' and all(k == 1 for k in layer.kernel_size):
+        return Pads.NONE
+    if isinstance(pad, int) and pad == 0 or isinstance(pad, (tuple, list)) and not any(pad):
+        return Pads.NONE
+    return Pads.ZEROS
+
+_AFFINE_OPS = {operator.mul: 'mul', torch.mul: 'mul', 'mul': 'mul', operator.add: 'add', torch.add: 'add', 'add': 'add',
+               operator.sub: 'sub', torch.sub: 'sub', 'sub': 'sub', operator.truediv: 'div', torch.div: 'div', 'div': 'div',
+               operator.neg: 'neg', torch.neg: 'neg', 'neg': 'neg'}
+
+def traced_affine(m: nn.Module) -> tuple|None:
+    "(s, t, rank) in float64 if `m`'s forward is `x*a + b` with per-channel `a`, `b` from its own tensors, exact on `rank`-D input; else None."
+    try:
+        m64 = copy.deepcopy(m).double()
+        gm = fx.symbolic_trace(m64)
+    except Exception:
+        return None
+    xs = [n for n in gm.graph.nodes if n.op == 'placeholder']
+    if len(xs) != 1:
+        return None
+    env, pair = {}, {xs[0]: (torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64))}   # x-dependent node -> (a, b)
+    for n in gm.graph.nodes:
+        if n.op in ('placeholder', 'output'):
+            continue
+        deps = [a for a in _flat_args(n) if a in pair]
+        if not deps:
+            try:
+                env[n] = _run(gm, n, env)
+            except Exception:
+                return None
+            continue
+        key = n.target if n.op in ('call_function', 'call_method') else None
+        op = _AFFINE_OPS.get(key) if key is not None and _hashable_key(key) else None
+        if op is None or len(deps) != 1 or n.kwargs:
+            return None
+        args = [pair[a] if a in pair else env.get(a, a) if isinstance(a, fx.Node) else a for a in n.args]
+        p = _affine_step(op, args, deps[0], n.args)
+        if p is None:
+            return None
+        pair[n] = p
+    out = next(n for n in gm.graph.nodes if n.op == 'output').args[0]
+    if out not in pair:
+        return None
+    return _per_channel(*pair[out], channels=m.running_mean.numel())
+
+def _flat_args(n: fx.Node) -> list:
+    from torch.utils._pytree import tree_flatten
+    return [a for a in tree_flatten((n.args, n.kwargs))[0] if isinstance(a, fx.Node)]
+
+def _hashable_key(k) -> bool:
+    try:
+        hash(k)
+    except TypeError:
+        return False
+    return True
+
+def _run(gm: fx.GraphModule, n: fx.Node, env: dict):
+    "The value of an x-independent node, from the values of its inputs."
+    args = fx.node.map_arg(n.args, lambda a: env[a])
+    kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+    if n.op == 'get_attr':
+        return _attr(gm, n.target)
+    if n.op == 'call_function':
+        return n.target(*args, **kwargs)
+    if n.op == 'call_method':
+        return getattr(args[0], n.target)(*args[1:], **kwargs)
+    return gm.get_submodule(n.target)(*args, **kwargs)
+
+def _attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split('.'):
+        obj = getattr(obj, part)
+    return obj
+
+def _affine_step(op: str, args: list, dep: fx.Node, raw: tuple) -> tuple|None:
+    "The (a, b) of `op` applied to an x-dependent value `x*a + b` and a tensor or number `c`."
+    if op == 'neg':
+        a, b = args[0]
+        return -a, -b
+    if len(args) != 2:
+        return None
+    first = raw[0] is dep
+    (a, b), c = (args[0], args[1]) if first else (args[1], args[0])
+    if isinstance(c, tuple) or not isinstance(c, (Tensor, int, float)):
+        return None
+    if op == 'mul':
+        return a * c, b * c
+    if op == 'add':
+        return a, b + c
+    if op == 'sub':
+        return (a, b - c) if first else (-a, c - b)
+    if op == 'div' and first:
+        return a / c, b / c
+    return None
+
+def _per_channel(a: Tensor, b: Tensor, channels: int) -> tuple|None:
+    "(s, t, rank) where `a` and `b` broadcast one value per channel onto dim 1 of a `rank`-D input (scalars broadcast everywhere)."
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    ranks = set()
+    for v in (a, b):
+        if v.numel() == 1:
+            continue
+        sizes = [i for i, d in enumerate(v.shape) if d != 1]
+        if len(sizes) != 1 or v.shape[sizes[0]] != channels or sizes[0] > 1:
+            return None
+        ranks.add(v.dim() - sizes[0] + 1)   # the channel axis of `v` lands on dim 1 of an input of this rank
+    if len(ranks) > 1:
+        return None
+    rank = ranks.pop() if ranks else None
+    s, t = (v.reshape(-1).expand(channels).clone() for v in (a, b))
+    return s, t, rank
+
+def recognize_batchnorm(m: nn.Module) -> BatchNormKind|None:
+    "A `BatchNormKind` for a module of an unknown class that keeps running statistics, if its forward is a per-channel affine map (`traced_affine`)."
+    found = traced_affine(m)
+    if found is None:
+        return None
+    rank = found[2]
+    return BatchNormKind(affine=lambda bn: (traced_affine(bn) or (None, None))[:2], ranks=(rank,) if rank else None,
+                         keeps_shape=rank is None)
+
+# %% ../nbs/04_ops.ipynb #6466f303
 BUILTIN_OPS = (IDENTITY, CONTIGUOUS, CLONE, ADD_ZERO, DROPOUT, POOL, MEAN, TRANSPOSE, FLATTEN, CAT, ADD, PAD, RESIZE,
                ELEMENTWISE, RANK_KEEPING, BINARY, ANY_ADD, REDUCTION, ANY_MEAN, ANY_TRANSPOSE, VIEW, LIKE, UNSQUEEZE, EMBEDDING,
                UNFLATTEN, ANY_CAT, SLICE, SHAPE)
 
 BUILTIN_RULES = Rules(ops=BUILTIN_OPS, batchnorms=BUILTIN_BATCHNORMS, layers=BUILTIN_LAYERS,
-                      batchnorm_classifiers=(plain_batchnorm,), layer_classifiers=(plain_layer,))
+                      batchnorm_classifiers=(plain_batchnorm,), layer_classifiers=(plain_layer,),
+                      batchnorm_recognizers=(recognize_batchnorm,))
 
 _current = [BUILTIN_RULES]   # the default rules: the built-in table and what is registered
 
@@ -527,7 +677,7 @@ def default_rules() -> Rules:
     "The rules `BN_Folder` uses when given none: the built-in table plus every registration still in force."
     return _current[0]
 
-# %% ../nbs/04_ops.ipynb #6466f303
+# %% ../nbs/04_ops.ipynb #7433a60e
 class Registration:
     "An entry added to the default rules: `remove()` takes it out again; used as a context manager, it lasts for the block."
     def __init__(self, entry): self.entry = entry

@@ -15,11 +15,11 @@ from fastcore.basics import patch_to
 from .fold_math import bn_affine
 from .rules import (Reason, Refusal, refuse, Side, Direction, Pads, Flow, in_channels, out_channels, channel_axis, bn_channels,
                             same_pads)
-from .facts import GraphFacts
-from .ops import add_sign
+from .facts import GraphFacts, LayerUse
+from .ops import add_sign, arg
 
 # %% auto #0
-__all__ = ['Part', 'Decision', 'Evidence', 'plain_output', 'bn_problem', 'layer_problem', 'Planner', 'centred']
+__all__ = ['Part', 'Decision', 'Evidence', 'bn_map', 'plain_output', 'bn_problem', 'layer_problem', 'Planner', 'centred']
 
 # %% ../nbs/05_plan.ipynb #696993b4
 @dataclass
@@ -71,6 +71,11 @@ class Evidence:
     missing = GraphFacts.missing
 
 # %% ../nbs/05_plan.ipynb #b039af79
+def bn_map(bn: nn.Module, rules) -> tuple:
+    "The float64 per-channel (scale, shift) of a BatchNorm of a known kind: from its statistics, or from what its forward computes ((None, None): it can't tell)."
+    kind = rules.batchnorm_kind(bn)
+    return kind.affine(bn) if kind is not None and kind.affine is not None else bn_affine(bn)
+
 def plain_output(bn: nn.Module, rules) -> bool:
     "Is `bn`'s output, in eval mode, exactly its affine map (no activation after it)?"
     kind = rules.batchnorm_kind(bn)
@@ -98,20 +103,24 @@ def bn_problem(bn: nn.Module, # the BatchNorm
         return Reason('not-ready', 'its statistics are on the meta device (no values yet): load real weights first')
     if bn.training:
         return Reason('training', 'in training mode, it uses batch statistics')
-    s, t = bn_affine(bn)
+    s, t = bn_map(bn, facts.rules)
+    if s is None:
+        return Reason('unknown-kind', f'{cls}\'s forward no longer computes a per-channel map on its input')
     if not bool(torch.isfinite(torch.stack([s, t])).all()):
         return Reason('bad-stats', 'non-finite statistics or parameters (NaN/inf, or running_var + eps <= 0)')
     return facts.use_problem(bn, node.target, replaced=True)
 
-def layer_problem(layer: nn.Module, # the Conv/ConvTranspose/Linear
-                  node: fx.Node, # its call in the graph
+def layer_problem(use: LayerUse, # the layer, as the graph applies it
                   facts: GraphFacts, # facts about the graph
                  ) -> Reason|None: # why it can't take a fold, or None
-    "Why `layer` can't take a fold whatever the BatchNorm (None if it can)."
+    "Why a layer can't take a fold whatever the BatchNorm (None if it can)."
     from torch.nn.utils import parametrize
-    what = f'`{facts.qual(node.target)}` ({type(layer).__name__})'
-    if facts.rules.layer_kind(layer) is None:
+    layer = use.module
+    what = f'`{facts.qual(use.local)}` ({type(layer).__name__})'
+    if not use.functional and facts.rules.layer_kind(layer) is None:
         return Reason('unknown-kind', f'{what} redefines its forward, so it may not be a plain {_torch_name(layer)}')
+    if use.functional and arg(use.node, 6, 'groups', 1) != getattr(layer, 'groups', 1):
+        return Reason('unknown-kind', f'{what} applies its weight with other groups than its own')
     if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
         return Reason('not-ready', f'{what} is lazy and not initialized: run one batch through the model first')
     if layer.weight.is_meta:
@@ -120,7 +129,7 @@ def layer_problem(layer: nn.Module, # the Conv/ConvTranspose/Linear
         return Reason('not-ready', f'{what} has {layer.weight.dtype} weights')
     if parametrize.is_parametrized(layer):
         return Reason('parametrized', f'{what} has a parametrization (weight_norm, a pruning mask...)')
-    return facts.use_problem(layer, node.target, replaced=False)
+    return facts.use_problem(layer, use.local, replaced=False, via=use.node if use.functional else None)
 
 def _torch_name(m: nn.Module) -> str:
     return next(c for c in type(m).__mro__ if c.__module__.startswith('torch.')).__name__
@@ -137,13 +146,12 @@ class Planner:
     def affine(self, node: fx.Node) -> tuple[Tensor, Tensor]:
         "The float64 (scale, shift) the BatchNorm `node` calls folds: its own map, composed with the BatchNorms merged into it."
         if node not in self.affines:
-            self.affines[node] = bn_affine(self.facts.module(node))
+            self.affines[node] = bn_map(self.facts.module(node), self.rules)
         return self.affines[node]
 
-    def layer(self, n: fx.Node) -> nn.Module|None:
-        "The Conv/Linear that node `n` calls (known to fasterbn or not), or None."
-        m = self.facts.module(n)
-        return m if m is not None and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) else None
+    def layer(self, n: fx.Node) -> LayerUse|None:
+        "The Conv/Linear that node `n` applies (known to fasterbn or not), or None."
+        return self.facts.layer_at(n)
 
     def is_bn(self, n: fx.Node) -> bool:
         return n.op == 'call_module' and self.rules.is_batchnorm(self.facts.module(n))
@@ -201,12 +209,13 @@ def _stop(n: fx.Node, ev, where: str):
     refuse(kind, f'{where} {ev.describe(n)}, which is neither a Conv/Linear nor an op a BatchNorm can cross exactly')
 
 @patch_to(Planner)
-def take_out(self, n: fx.Node, layer: nn.Module, flow: Flow, ev) -> Part:
-    "The forward part for `layer`, whose output (node `n`) carries `flow`."
-    why = layer_problem(layer, n, ev.facts)
+def take_out(self, use: LayerUse, flow: Flow, ev) -> Part:
+    "The forward part for a layer, whose output (its node) carries `flow`."
+    why = layer_problem(use, ev.facts)
     if why:
         raise Refusal(why.kind, why.text)
-    name, n_out = ev.qual(n.target), out_channels(layer)
+    layer, n = use.module, use.node
+    name, n_out = ev.qual(use.local), out_channels(layer)
     if len(flow.cmap) == 1:   # size 1 along the BatchNorm's axis: every element is that channel, wherever the layer's channels are
         return Part(name, Side.OUT, flow.cmap.expand(n_out).clone(), flow.shift)
     back = flow.axis(n, ev, 'back')
@@ -217,14 +226,15 @@ def take_out(self, n: fx.Node, layer: nn.Module, flow: Flow, ev) -> Part:
     return Part(name, Side.OUT, flow.cmap, flow.shift)
 
 @patch_to(Planner)
-def take_in(self, u: fx.Node, x: fx.Node, layer: nn.Module, flow: Flow, t: Tensor, ev) -> Part:
-    "The backward part for `layer` (node `u`), whose input `x` carries `flow`."
+def take_in(self, use: LayerUse, x: fx.Node, flow: Flow, t: Tensor, ev) -> Part:
+    "The backward part for a layer, whose input `x` carries `flow`."
+    layer, u = use.module, use.node
     if not u.args or u.args[0] is not x or ev.occurrences(u, x) != 1:
         refuse('nonlinear', f'the BatchNorm\'s output is not only the input of {ev.describe(u)}')
-    why = layer_problem(layer, u, ev.facts)
+    why = layer_problem(use, ev.facts)
     if why:
         raise Refusal(why.kind, why.text)
-    name, n_in = ev.qual(u.target), in_channels(layer)
+    name, n_in = ev.qual(use.local), in_channels(layer)
     if len(flow.cmap) == 1 and flow.block == 1:
         cmap = flow.cmap.expand(n_in).clone()
     else:
@@ -237,8 +247,7 @@ def take_in(self, u: fx.Node, x: fx.Node, layer: nn.Module, flow: Flow, t: Tenso
         if len(flow.cmap) * block != n_in:
             refuse('channels', f'`{name}` reads {n_in} channels where the BatchNorm gives {len(flow.cmap)}')
         cmap = flow.cmap.repeat_interleave(block)
-    pads = self.rules.layer_kind(layer).pads(layer)
-    if pads == Pads.ZEROS and bool((t[cmap[cmap >= 0]] != 0).any()):
+    if ev.layer_pads(use) == Pads.ZEROS and bool((t[cmap[cmap >= 0]] != 0).any()):
         if isinstance(layer, _ConvTransposeNd):
             refuse('padding', f'`{name}` is a ConvTranspose: its borders and stride phases see the shift through different taps '
                               '(exact only if the shift is 0)')
@@ -261,9 +270,9 @@ def forward(self, node: fx.Node) -> Decision:
         if n in seen:
             refuse('shared-output', f'{ev.describe(n)} reaches the BatchNorm twice')
         seen.add(n)
-        layer = self.layer(n)
-        if layer is not None:
-            parts.append(self.take_out(n, layer, flow, ev))
+        use = self.layer(n)
+        if use is not None:
+            parts.append(self.take_out(use, flow, ev))
             continue
         op = self.crossing(n, ev, 'up')
         if op is None:
@@ -292,9 +301,9 @@ def backward(self, node: fx.Node) -> Decision:
                 refuse('shared-output', f'{ev.describe(u)} reads the BatchNorm\'s output along two paths')
             seen.add(u)
             last = max(last, u, key=ev.order.get)
-            layer = self.layer(u)
-            if layer is not None:
-                parts.append(self.take_in(u, n, layer, flow, t, ev))
+            use = self.layer(u)
+            if use is not None:
+                parts.append(self.take_in(use, n, flow, t, ev))
                 continue
             op = self.crossing(u, ev, 'down')
             if op is None or flow.block != 1 and not op.positions:
@@ -310,13 +319,30 @@ def backward(self, node: fx.Node) -> Decision:
     return Decision(ev.qual(node.target), parts, Direction.BACKWARD, ', '.join(dict.fromkeys(via)), assumptions=ev.assumed)
 
 # %% ../nbs/05_plan.ipynb #c4351575
-def centred(conv: nn.Module, rules) -> bool:
-    "Does output pixel p of `conv` read input pixel p at its kernel's centre (stride 1, odd kernel, 'same' padding)?"
-    if isinstance(conv, (_ConvTransposeNd, nn.Linear)) or any(s != 1 for s in conv.stride) or any(k % 2 == 0 for k in conv.kernel_size):
+def centred(use: LayerUse, rules) -> bool:
+    "Does output pixel p of the conv read input pixel p at its kernel's centre (stride 1, odd kernel, 'same' padding)?"
+    conv = use.module
+    if isinstance(conv, (_ConvTransposeNd, nn.Linear)) or any(k % 2 == 0 for k in conv.kernel_size):
         return False
-    if rules.layer_kind(conv).pads is same_pads or conv.padding == 'same':
+    if use.functional:
+        n = use.node
+        stride, padding, dilation = arg(n, 3, 'stride', 1), arg(n, 4, 'padding', 0), arg(n, 5, 'dilation', 1)
+    else:
+        stride, padding, dilation = conv.stride, conv.padding, conv.dilation
+        if rules.layer_kind(conv).pads is same_pads:
+            padding = 'same'
+    d = len(conv.kernel_size)
+    stride, dilation = _tuple(stride, d), _tuple(dilation, d)
+    if any(s != 1 for s in stride):
+        return False
+    if padding == 'same':
         return True
-    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+    if isinstance(padding, str):
+        return False
+    return all(2 * p == dl * (k - 1) for p, dl, k in zip(_tuple(padding, d), dilation, conv.kernel_size))
+
+def _tuple(v, d: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * d
 
 @patch_to(Planner)
 def sum_terms(self, root: fx.Node) -> list[tuple]:
@@ -405,22 +431,22 @@ def sibling(self, term: fx.Node, x: fx.Node, decisions: dict, ev) -> tuple:
         n = next(a for a in n.args if isinstance(a, fx.Node))
     if self.source(n.args[0]) is not self.source(x):
         refuse('no-layer', f'{ev.describe(n)} does not read the BatchNorm\'s input')
-    return n, folded_bn
+    return self.layer(n), folded_bn
 
 @patch_to(Planner)
 def branch_into(self, node: fx.Node, x: fx.Node, sibling: tuple, sign: int, flow: Flow, ev) -> Decision:
     "The branch fold of the BatchNorm `node` into the sibling conv, which reads the same input `x`."
-    n, folded_bn = sibling
-    layer = self.layer(n)
-    name, c = ev.qual(n.target), len(flow.cmap)
+    use, folded_bn = sibling
+    layer, n = use.module, use.node
+    name, c = ev.qual(use.local), len(flow.cmap)
     if folded_bn is not None:
         whole = torch.equal(folded_bn.parts[0].channel_map, torch.arange(out_channels(layer)))
         if folded_bn.parts[0].layer != name or not whole:
             refuse('nonlinear', f'the BatchNorm after {ev.describe(n)} does not fold into it whole')
-    why = layer_problem(layer, n, ev.facts)
+    why = layer_problem(use, ev.facts)
     if why:
         raise Refusal(why.kind, why.text)
-    if isinstance(layer, nn.Linear) or not centred(layer, self.rules):
+    if isinstance(layer, nn.Linear) or not centred(use, self.rules):
         refuse('branch', f'`{name}` ({type(layer).__name__}) beside it is not a stride-1 conv with an odd kernel and centred (\'same\') '
                          'padding, so its output pixels do not read their own input pixel at the kernel\'s centre')
     if layer.in_channels != c or layer.out_channels != c:
@@ -448,6 +474,8 @@ def merge_chains(self, nodes: list, problems: dict):
             continue
         b1, b2 = ev.module(n), ev.module(node)
         if len(ev.value_users(n)) != 1 or not plain_output(b1, self.rules) or bn_channels(b1) != bn_channels(b2):
+            continue
+        if self.rules.batchnorm_kind(b1).affine is not None:   # it must be able to hold the composed map in its own weight and bias
             continue
         try:
             _flow_at_bn(node, b2, Evidence(ev))

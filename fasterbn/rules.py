@@ -109,6 +109,7 @@ class BatchNormKind:
     ranks: tuple|None = None  # input ranks at which it is the map `s*x + t` on dim 1, output shaped like the input (None: any rank >= 2)
     accepts: tuple|None = None  # input ranks at which it runs at all: a fact about every input the model accepts (None: unknown)
     keeps_shape: bool = True  # output shaped like the input at every rank it accepts; False for frozen ones that broadcast (1, C, 1, 1)
+    affine: Callable|None = None  # bn -> its float64 per-channel (scale, shift), or (None, None) if it can't tell (None: `bn_affine`)
 
 @dataclass(frozen=True)
 class LayerKind:
@@ -289,6 +290,7 @@ class Rules:
     layers: tuple = ()                  # (class or (module, name), `LayerKind`) pairs
     batchnorm_classifiers: tuple = ()   # functions class -> `BatchNormKind` or None, tried after the exact classes
     layer_classifiers: tuple = ()       # functions class -> `LayerKind` or None
+    batchnorm_recognizers: tuple = ()   # functions module -> `BatchNormKind` or None, for a module of an unknown class that keeps running statistics
 
     def __post_init__(self): object.__setattr__(self, '_cache', {})
 
@@ -353,8 +355,18 @@ class Rules:
         return self._cache[key]
 
     def batchnorm_kind(self, m: nn.Module) -> BatchNormKind|None:
-        "How to fold `m` if it is a BatchNorm these rules know (None otherwise)."
-        return self._kind(self.batchnorms, self.batchnorm_classifiers, type(m), 'bn')
+        "How to fold `m` if it is a BatchNorm these rules know, or recognize from its forward (None otherwise)."
+        kind = self._kind(self.batchnorms, self.batchnorm_classifiers, type(m), 'bn')
+        if kind is None and self.batchnorm_recognizers and _keeps_running_stats(m):
+            key = ('recognized', type(m))   # recognized once per class: the class's forward says what it computes
+            if key not in self._cache:
+                self._cache[key] = None
+                for recognize in self.batchnorm_recognizers:
+                    self._cache[key] = recognize(m)
+                    if self._cache[key] is not None:
+                        break
+            kind = self._cache[key]
+        return kind
 
     def layer_kind(self, m: nn.Module) -> LayerKind|None:
         "How to fold into `m` if it is a layer these rules know (None otherwise)."

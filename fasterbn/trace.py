@@ -31,14 +31,30 @@ class FoldTracer(fx.Tracer):
     "A torch.fx tracer that keeps BatchNorms, Conv/Linear layers, hooked and scripted modules and the rules' op modules as leaves."
     proxy_buffer_attributes = True   # a forward that reads a buffer (`self.bn.running_mean`) shows it in the graph, not as a baked constant
     def __init__(self, rules: Rules, # what counts as a BatchNorm, a layer and an op module
-                 leaves: tuple=()): # more modules to keep whole (what replaced a folded BatchNorm)
+                 leaves: tuple=(), # more modules to keep whole (what replaced a folded BatchNorm)
+                 closed: set=frozenset()): # ids of layers of unknown kinds to keep whole all the same (tracing into them failed)
         super().__init__()
-        self.rules, self.extra_leaves = rules, {id(m) for m in leaves}
-        self.reads = []   # (module, attribute) for every attribute read through a module, in order
+        self.rules, self.extra_leaves, self.closed = rules, {id(m) for m in leaves}, set(closed)
+        self.reads = []     # (module, attribute) for every attribute read through a module, in order
+        self.failed = []    # layers of unknown kinds that the trace went into and failed in
+
+    def opens(self, m: nn.Module) -> bool:
+        "Is `m` a Conv/Linear of a class whose kind is unknown, which the trace goes into to see what it computes?"
+        return is_fold_layer(m) and self.rules.layer_kind(m) is None and id(m) not in self.closed and not has_forward_hooks(m)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self.opens(m):
+            return False
         return (id(m) in self.extra_leaves or self.rules.is_batchnorm(m) or is_fold_layer(m) or has_forward_hooks(m)
                 or isinstance(m, torch.jit.ScriptModule) or type(m) in self.rules.leaf_types() or super().is_leaf_module(m, qualname))
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.opens(m):
+                self.failed.append(id(m))   # it does not trace: keep it whole next time
+            raise
 
     def trace(self, root, concrete_args=None) -> fx.Graph:
         original = _fx_trace._orig_module_getattr
@@ -96,17 +112,27 @@ def preserved(model: nn.Module, # the model whose `forward` is about to be trace
 @dataclass
 class Trace:
     "A traced root: its graph, and the attributes its forward read through its modules."
-    graph: fx.Graph                            # the data-flow graph, with BatchNorms, layers and op modules as leaves
-    reads: dict = field(default_factory=dict)  # qualified module name -> Counter of attribute names read through it
+    graph: fx.Graph                             # the data-flow graph, with BatchNorms, layers and op modules as leaves
+    reads: dict = field(default_factory=dict)   # qualified module name -> Counter of attribute names read through it
+    closed: set = field(default_factory=set)    # ids of layers of unknown kinds kept whole because tracing into them failed
 
 def trace(model: nn.Module, # the root to trace
           rules: Rules, # what the tracer keeps whole
           leaves: tuple=(), # more modules to keep whole
+          closed: set=frozenset(), # ids of layers of unknown kinds to keep whole from the start
          ) -> Trace:
     "Trace `model` with `FoldTracer`, leaving nothing on it (raises whatever fx raises for an untraceable forward)."
-    tracer = FoldTracer(rules, leaves)
-    with preserved(model, values=False):
-        graph = tracer.trace(model)
+    closed = set(closed)
+    while True:   # a layer of an unknown kind that fails to trace is kept whole, and the trace tried again
+        tracer = FoldTracer(rules, leaves, closed)
+        try:
+            with preserved(model, values=False):
+                graph = tracer.trace(model)
+            break
+        except Exception:
+            if not tracer.failed or tracer.failed[0] in closed:
+                raise
+            closed.add(tracer.failed[0])
     names = {}
     for name, m in model.named_modules():
         names.setdefault(id(m), name)
@@ -114,4 +140,4 @@ def trace(model: nn.Module, # the root to trace
     for mod, attr in tracer.reads:
         if id(mod) in names:
             reads.setdefault(names[id(mod)], Counter())[attr] += 1
-    return Trace(graph, reads)
+    return Trace(graph, reads, closed)

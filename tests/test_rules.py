@@ -225,22 +225,20 @@ def test_wrappers_are_looked_through():
     assert isinstance(folded, nn.Sequential) and isinstance(folded[1], nn.Identity) and isinstance(inner[1], nn.BatchNorm2d)
     torch.testing.assert_close(folded(x4), inner(x4), rtol=1e-5, atol=1e-5)
 
-def test_check_on_example_inputs_cancels_only_the_folds_that_change_the_output():
-    class Peeks(nn.Module):   # forward inspects one BatchNorm's class: the graph can't show it, a run on example_inputs can
+def test_forward_that_inspects_a_batchnorm_cancels_only_that_fold():
+    class Peeks(nn.Module):   # forward inspects one BatchNorm's class: traced again once folded, it is another graph
         def __init__(self):
             super().__init__()
             self.c1, self.b1, self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
         def forward(self, x):
             y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
             return y * 2 if isinstance(self.b2, nn.BatchNorm2d) else y
-    _, report = fold_and_check(Peeks(), x4)
-    assert report['b1'].folded and not report['b2'].folded and report['b2'].kind == 'check', report
-    randomize_bn(m := Peeks()).eval()
-    folded = BN_Folder(check=False).fold(m, example_inputs=x4)   # unchecked, the fold goes through and changes the output
-    assert not torch.allclose(folded(x4), m(x4))
+    for example in (False, True):   # the planner sees it without example_inputs, and without the check
+        _, report = fold_and_check(Peeks(), x4, example=example, check=False)
+        assert report['b1'].folded and not report['b2'].folded and report['b2'].kind == 'inspected', report
     randomize_bn(m := Peeks()).eval(); want = m(x4)
-    f = BN_Folder(); out = f.fold(m, inplace=True, example_inputs=x4)   # in place too: the check measures rounding on the unfolded model
-    assert out is m and f.report['b1'].folded and f.report['b2'].kind == 'check', f.report
+    f = BN_Folder(); out = f.fold(m, inplace=True, example_inputs=x4)   # in place too: the replay undoes the fold on the model itself
+    assert out is m and f.report['b1'].folded and f.report['b2'].kind == 'inspected', f.report
     torch.testing.assert_close(out(x4), want, rtol=1e-5, atol=1e-5)
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
