@@ -17,7 +17,8 @@ from .trace import Trace, preserved, has_forward_hooks, global_forward_hooks
 from .ops import functional_layer, functional_pads
 
 # %% auto #0
-__all__ = ['ModelFacts', 'Ranks', 'first_line', 'clone_inputs', 'Outside', 'GraphFacts', 'LayerUse', 'Recorder']
+__all__ = ['ModelFacts', 'Ranks', 'ShapeRecorder', 'first_line', 'clone_inputs', 'Outside', 'GraphFacts', 'LayerUse',
+           'guard_depends_on_values', 'Recorder']
 
 # %% ../nbs/03_facts.ipynb #9c726464
 @dataclass
@@ -179,7 +180,7 @@ class Ranks:
 _RESHAPING_IN_PLACE = {'transpose_', 't_', 'unsqueeze_', 'squeeze_', 'resize_', 'resize_as_', 'as_strided_', 'set_', 'swapdims_',
                        'swapaxes_', 'flatten_'}   # ops that change a tensor's shape, not only its values
 
-class _ShapeRecorder(fx.Interpreter):
+class ShapeRecorder(fx.Interpreter):
     "Runs a graph and keeps the shape of every tensor value (fx's ShapeProp prints a traceback on errors; this records them)."
     def run_node(self, n):
         out = super().run_node(n)
@@ -220,7 +221,7 @@ class GraphFacts:
                  outside: Outside|None=None, # uses of `root`'s modules from outside it
                  prefix: str='', # `root`'s qualified name in the model, with a trailing dot
                 ):
-        self.root, self.graph, self.rules, self.prefix = root, traced.graph, rules, prefix
+        self.root, self.traced, self.graph, self.rules, self.prefix = root, traced, traced.graph, rules, prefix
         self.attr_reads = traced.reads
         self.model, self.outside = model or ModelFacts.of(root), outside or Outside()
         self.example_inputs = example_inputs
@@ -260,6 +261,8 @@ class GraphFacts:
             return f'`{self.qual(n.target)}` ({type(self.module(n)).__name__})'
         if n.op == 'placeholder':
             return f'the input `{n.target}`' + (f' of `{self.qual("")}`' if self.prefix else '')
+        if n.op == 'get_attr' and n.target.rpartition('.')[2].startswith('_tensor_constant'):
+            return 'a tensor the forward takes from outside its inputs and modules (a stored value)'
         if n.op == 'get_attr':
             return f'the tensor `{self.qual(n.target)}`'
         if n.op == 'output':
@@ -420,11 +423,14 @@ def _same(n: fx.Node) -> tuple:
 @patch_to(GraphFacts)
 def shape(self, n) -> tuple|None:
     "The shape of `n`'s value on `example_inputs` (run once, on a copy, on first use); None without them."
+    if isinstance(n, fx.Node) and self.traced.guards is not None:   # traced with the example's values: each node holds its value
+        v = n.meta.get('value')
+        return tuple(v.shape) if isinstance(v, Tensor) else None
     if not isinstance(n, fx.Node) or self.example_inputs is None:
         return None
     if 'shapes' not in self._cache:
         shapes, error = {}, None
-        rec = _ShapeRecorder(fx.GraphModule(self.root, self.graph))
+        rec = ShapeRecorder(fx.GraphModule(self.root, self.graph))
         rec.shapes = shapes
         try:
             with torch.no_grad(), preserved(self.root):
@@ -515,6 +521,38 @@ def missing(self, what: str) -> tuple[str, str]:
     return 'channels', what + (f' (example_inputs failed: {self.shapes_error})' if self.shapes_error else '')
 
 # %% ../nbs/03_facts.ipynb #d2f19081
+_SHAPE_QUERIES = ('shape', 'dtype', 'device', 'ndim', 'is_cuda', 'layout')
+
+def guard_depends_on_values(guard) -> bool:
+    "Does the answer of `guard` (a `Guard` of `value_trace`) depend on the values of the inputs, not only on their shapes and Python values?"
+    if guard.kind == 'len' and isinstance(guard.node.meta.get('value'), Tensor):
+        return False   # the length of a tensor is its first dim
+    seen, stack = set(), [guard.node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == 'call_function' and n.target is getattr and n.args[1] in _SHAPE_QUERIES:
+            continue
+        if n.op == 'call_method' and n.target in ('size', 'dim', 'numel'):
+            continue
+        if n.op == 'placeholder' and isinstance(n.meta.get('value'), Tensor):
+            return True   # an input's values reach the answer (weights and buffers are the same for every input)
+        stack.extend(a for a in _node_args(n))
+    return False
+
+@patch_to(GraphFacts)
+def guards_over(self, locals_: list[str]) -> list:
+    "The guards asked while a module holding one of the modules `locals_` (names in this root) was running."
+    out = []
+    for g in self.traced.guards or ():
+        inner = g.calls[-1][1] if g.calls else ''
+        if any(not inner or loc == inner or loc.startswith(inner + '.') for loc in locals_):
+            out.append(g)
+    return out
+
+# %% ../nbs/03_facts.ipynb #4b9ac836
 _TENSOR_ATTRS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 @patch_to(GraphFacts)
@@ -615,9 +653,9 @@ def outside_problem(self, local: str, calls: int) -> Reason|None:
                                      f'the rest come from `{blind}` or another caller, which no graph shows')
     return None
 
-# %% ../nbs/03_facts.ipynb #4b9ac836
+# %% ../nbs/03_facts.ipynb #68010158
 class Recorder:
-    "One run of the whole model on example_inputs: each module's calls and first inputs, and tensors read outside their module's forward."
+    "One run of the whole model on example_inputs: each module's calls and first inputs (args, kwargs), and tensors read outside their module's forward."
     def __init__(self, model: nn.Module, example_inputs: tuple):
         from torch.overrides import TorchFunctionMode
         from torch.utils._pytree import tree_flatten
@@ -629,11 +667,11 @@ class Recorder:
                     owner.setdefault(id(t), m)
         self.calls, self.inputs, self.foreign, self.error = Counter(), {}, set(), None   # keyed by id(module)
         running = Counter()
-        def pre(m, args):
+        def pre(m, args, kwargs):
             self.calls[id(m)] += 1
             running[id(m)] += 1
-            if id(m) not in self.inputs and args and all(isinstance(a, Tensor) for a in args):
-                self.inputs[id(m)] = tuple(a.detach().clone() for a in args)
+            if id(m) not in self.inputs:
+                self.inputs[id(m)] = (clone_inputs(args), dict(zip(kwargs, clone_inputs(tuple(kwargs.values())))))
         def post(m, args, out):
             running[id(m)] -= 1
         outer = self
@@ -646,7 +684,7 @@ class Recorder:
                 return func(*args, **(kwargs or {}))
         with preserved(model):
             handles = [h for m in modules.values() if not isinstance(m, torch.jit.ScriptModule)
-                       for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post, always_call=True))]
+                       for h in (m.register_forward_pre_hook(pre, with_kwargs=True), m.register_forward_hook(post, always_call=True))]
             try:
                 with torch.no_grad(), Reads():
                     model(*clone_inputs(example_inputs))

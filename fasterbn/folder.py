@@ -10,18 +10,19 @@ import copy, gc, math, statistics, time
 from contextlib import contextmanager
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from fastcore.basics import store_attr
 from .fold_math import fold_layer, new_parameter, cast_like
 from .rules import Reason, Rules, Side, Direction, in_channels, out_channels, is_fold_layer
 from .ops import default_rules, is_batchnorm
-from .trace import trace
+from .trace import Trace, trace, value_trace
 from .facts import GraphFacts, ModelFacts, Outside, Recorder, first_line
 from .plan import Planner, Decision
 from .check import fold_error, references, verify, replay, flat_outputs
 from .report import FoldReport, FoldRow, report_rows, scripted_bn
+from .guard import guards_for
 
 # %% auto #0
 __all__ = ['randomize_bn', 'unwrap', 'as_inputs', 'Plan', 'plan_model', 'magnitude_problem', 'merged_affine', 'compute_updates',
@@ -85,6 +86,7 @@ class Plan:
     notes: list = field(default_factory=list)        # anything else the report should say
     roots: list = field(default_factory=list)        # (name, inputs) of the outermost traced roots with inputs: where folds can be checked
     replays: dict = field(default_factory=dict)      # root name -> (its `Trace`, functional layers gaining a bias): roots to trace again, folded
+    traces: dict = field(default_factory=dict)       # root name -> (its `Trace`, its inputs (args, kwargs)), for the roots with inputs
 
 def _needs_replay(facts: GraphFacts, decisions: list, rules: Rules) -> set|None:
     "The functional layers that gain a bias, if the root's folds need it traced again (a layer written as a function, a module looked up); else None."
@@ -120,12 +122,16 @@ def plan_model(model: nn.Module, # the model, in eval mode
         if isinstance(root, torch.jit.ScriptModule):
             plan.untraceable[name] = 'scripted (torch.jit.script)'
             return
+        call = (example_inputs, {}) if not prefix else recorder.inputs.get(id(root)) if recorder else None
         traced = None
         if type(root).forward is not nn.Module.forward:   # a ModuleList/ModuleDict is never called: its parent's evidence stands
             try:
                 traced = trace(root, rules)
             except Exception as e:
                 plan.untraceable[name] = first_line(e)
+                traced = _value_traced(root, call, rules, recorder)
+                if traced is not None:
+                    del plan.untraceable[name]
         if traced is None:
             blind = outside.blind if type(root).forward is nn.Module.forward else name
             for child_name, child in root.named_children():
@@ -133,8 +139,10 @@ def plan_model(model: nn.Module, # the model, in eval mode
                     q = f'{prefix}{child_name}'
                     visit(child, q + '.', Outside(q, outside.calls, outside.reads, blind, recorder, checked=outside.checked))
             return
-        inputs = example_inputs if not prefix else recorder.inputs.get(id(root)) if recorder else None
+        inputs = call[0] if call is not None else None
         facts = GraphFacts(root, traced, rules, inputs, model_facts, outside, prefix)
+        if call is not None:
+            plan.traces[name] = (traced, call)
         planned = Planner(facts, backward).plan()
         plan.decisions.extend(planned)
         gaining = _needs_replay(facts, planned, rules)
@@ -155,6 +163,22 @@ def plan_model(model: nn.Module, # the model, in eval mode
     return plan
 
 # %% ../nbs/09_folder.ipynb #bada218b
+def _value_traced(root: nn.Module, call: tuple|None, rules: Rules, recorder) -> Trace|None:
+    "`root` traced with the values of its inputs, if it has inputs, traces so, and calls every module as often as the recorded run did."
+    if call is None or recorder is None:
+        return None
+    try:
+        traced = value_trace(root, call[0], rules, kwargs=call[1])
+    except Exception:
+        return None
+    runs = recorder.calls[id(root)]
+    counts = Counter(n.target for n in traced.graph.nodes if n.op == 'call_module')
+    for target, c in counts.items():
+        if recorder.calls[id(root.get_submodule(target))] != c * runs:
+            return None   # the traced path is not the one eager mode took (or the module is also called from elsewhere)
+    return traced
+
+# %% ../nbs/09_folder.ipynb #1a952b18
 def _side_vectors(parts: list, n: int) -> tuple:
     "Per-channel (s, t) over `n` channels of one side of a layer, identity where no part acts."
     if len(parts) == 1 and bool((parts[0][0].channel_map >= 0).all()):   # the usual case: one BatchNorm covers the side
@@ -253,7 +277,7 @@ def compute_updates(model: nn.Module, # the unfolded model
             updates[rep.bn] = merged_affine(mods[rep.bn], rep.affine)
     return updates
 
-# %% ../nbs/09_folder.ipynb #1a952b18
+# %% ../nbs/09_folder.ipynb #f63aa0c2
 _PLAIN_ATTRS = ('num_features', 'eps', 'momentum', 'affine', 'track_running_stats')
 
 def bn_replacement(bn: nn.Module, # a BatchNorm fasterbn knows
@@ -312,11 +336,14 @@ def apply_folds(model: nn.Module, # the model to edit (the model itself, or its 
     return journal
 
 def undo_folds(journal: list):
-    "Put back, in reverse order, every value `apply_folds` wrote."
+    "Put back, in reverse order, every value `apply_folds` wrote (and remove the guards registered)."
     for module, attr, old in reversed(journal):
-        setattr(module, attr, old)
+        if attr is None:
+            old.remove()   # a guard's hook handle
+        else:
+            setattr(module, attr, old)
 
-# %% ../nbs/09_folder.ipynb #f63aa0c2
+# %% ../nbs/09_folder.ipynb #c135bddd
 @contextmanager
 def _collector_paused():
     "Pause Python's cyclic garbage collector: a fold allocates many small objects (graph nodes, copied modules), and its passes cost a quarter of the time."
@@ -369,7 +396,7 @@ class BN_Folder:
 
     def _fold(self, model, inplace, example_inputs, verbose):
         model, rules = unwrap(model), self.rules or default_rules()
-        modes = {m: m.training for m in model.modules()}
+        modes, journal = {m: m.training for m in model.modules()}, []
         try:   # plan and compute on `model` itself, in eval mode: tracing and runs leave no trace, and nothing is edited yet
             model.eval()
             plan = plan_model(model, example_inputs, rules, self.backward)
@@ -388,7 +415,12 @@ class BN_Folder:
                 replay(model, work, plan.decisions, plan.replays, journal, apply, undo_folds, compute_updates, retrace)
             if refs:
                 verify(model, work, plan.decisions, updates, refs, journal, apply, undo_folds, compute_updates)
+            replaced = {id(getattr(m, a)) for m, a, old in journal if isinstance(old, nn.Module) and rules.is_batchnorm(old)}
+            for name, guard in guards_for(plan.traces, plan.decisions, work, replaced).items():
+                journal.append((work.get_submodule(name), None, work.get_submodule(name).register_forward_pre_hook(guard, with_kwargs=True)))
         except BaseException:
+            if inplace:
+                undo_folds(journal)   # never a half-folded model
             for m, mode in modes.items():
                 m.training = mode
             raise
@@ -401,7 +433,7 @@ class BN_Folder:
             print(self.report)
         return work
 
-# %% ../nbs/09_folder.ipynb #c135bddd
+# %% ../nbs/09_folder.ipynb #151aee38
 @torch.inference_mode()
 def interleaved_times(models: dict, # name -> model, all taking `inputs`
                       inputs: tuple, # the inputs of one forward call

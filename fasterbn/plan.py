@@ -15,11 +15,12 @@ from fastcore.basics import patch_to
 from .fold_math import bn_affine
 from .rules import (Reason, Refusal, refuse, Side, Direction, Pads, Flow, in_channels, out_channels, channel_axis, bn_channels,
                             same_pads)
-from .facts import GraphFacts, LayerUse
+from .facts import GraphFacts, LayerUse, guard_depends_on_values
 from .ops import add_sign, arg
 
 # %% auto #0
-__all__ = ['Part', 'Decision', 'Evidence', 'bn_map', 'plain_output', 'bn_problem', 'layer_problem', 'Planner', 'centred']
+__all__ = ['Part', 'Assumption', 'Decision', 'Evidence', 'bn_map', 'plain_output', 'bn_problem', 'layer_problem', 'Planner',
+           'centred']
 
 # %% ../nbs/05_plan.ipynb #696993b4
 @dataclass
@@ -31,6 +32,15 @@ class Part:
     shift: bool = True  # whether this part takes the BatchNorm's shift (of an `add`, only one operand does)
     sign: int = 1       # for a branch: whether the BatchNorm's branch is added (1) or subtracted (-1) next to the conv's
 
+@dataclass(frozen=True)
+class Assumption:
+    "A fact a fold rests on that the graph does not prove: seen on example_inputs, so the folded model must check it, or the fold is refused."
+    kind: str            # 'rank' (a value's rank), 'channels' (the size of one of its dims), 'path' (the path forward took)
+    node: fx.Node        # the value it is about (for 'path', a node the answer was about)
+    value: object        # what was seen: the rank, the size, or the guards of the path
+    axis: int|None = None  # for 'channels': which dim
+    text: str = ''       # the fact, in words
+
 @dataclass
 class Decision:
     "The verdict for one BatchNorm: the parts of its fold, or why it is not folded."
@@ -41,7 +51,9 @@ class Decision:
     reason: Reason|None = None                       # why not folded
     merged_into: str = ''                            # the BatchNorm it was folded into (BatchNorm -> BatchNorm)
     affine: tuple|None = None                        # float64 (scale, shift) it folds: its own, composed with those merged into it
-    assumptions: list[str] = field(default_factory=list)  # facts seen on example_inputs, not proven, that the fold rests on
+    assumptions: list[Assumption] = field(default_factory=list)  # facts seen on example_inputs, not proven, that the fold rests on
+    root: str = ''                                    # the traced root it was planned in
+    nodes: list = field(default_factory=list)        # the graph nodes the fold rests on: the BatchNorm, the ops it crosses, the layers
     @property
     def folded(self) -> bool: return bool(self.parts or self.merged_into)
     @property
@@ -53,18 +65,18 @@ class Evidence:
     def __init__(self, facts: GraphFacts):
         self.facts, self.assumed = facts, []
     def __getattr__(self, name): return getattr(self.facts, name)
-    def _note(self, text: str):
-        if text not in self.assumed:
-            self.assumed.append(text)
+    def _note(self, a: Assumption):
+        if all((b.kind, b.node, b.axis) != (a.kind, a.node, a.axis) for b in self.assumed):
+            self.assumed.append(a)
     def rank(self, n) -> int|None:
         r, proven = self.facts.rank_proof(n)
         if r is not None and not proven:
-            self._note(f'{self.facts.describe(n)} is {r}-D')
+            self._note(Assumption('rank', n, r, text=f'{self.facts.describe(n)} is {r}-D'))
         return r
     def channels(self, n, axis: int) -> int|None:
         c, proven = self.facts.channels_proof(n, axis)
         if c is not None and not proven:
-            self._note(f'{self.facts.describe(n)} has {c} channels on dim {axis}')
+            self._note(Assumption('channels', n, c, axis, f'{self.facts.describe(n)} has {c} channels on dim {axis}'))
         return c
     normalized_dim = GraphFacts.normalized_dim   # these read ranks through `self`, so through the evidence
     unknown_rank = GraphFacts.unknown_rank
@@ -282,7 +294,8 @@ def forward(self, node: fx.Node) -> Decision:
             op.when(n, s[sel], t[sel] if flow.shift else None, ev)
         via.append(op.name)
         stack.extend(reversed([(x, f, n) for x, f in op.up(n, flow, ev)]))   # depth first, inputs in order
-    return Decision(ev.qual(node.target), parts, Direction.FORWARD, ', '.join(dict.fromkeys(via)), assumptions=ev.assumed)
+    return Decision(ev.qual(node.target), parts, Direction.FORWARD, ', '.join(dict.fromkeys(via)), assumptions=ev.assumed,
+                    nodes=[node, *seen])
 
 @patch_to(Planner)
 def backward(self, node: fx.Node) -> Decision:
@@ -316,7 +329,8 @@ def backward(self, node: fx.Node) -> Decision:
     writer = ev.written_between(node.args[0], node, last)
     if writer is not None:   # once folded, the layers read the BatchNorm's input itself
         refuse('in-place', f'{ev.describe(writer)} writes the BatchNorm\'s input in place before {ev.describe(last)} reads it')
-    return Decision(ev.qual(node.target), parts, Direction.BACKWARD, ', '.join(dict.fromkeys(via)), assumptions=ev.assumed)
+    return Decision(ev.qual(node.target), parts, Direction.BACKWARD, ', '.join(dict.fromkeys(via)), assumptions=ev.assumed,
+                    nodes=[node, *seen])
 
 # %% ../nbs/05_plan.ipynb #c4351575
 def centred(use: LayerUse, rules) -> bool:
@@ -457,7 +471,7 @@ def branch_into(self, node: fx.Node, x: fx.Node, sibling: tuple, sign: int, flow
     if writer is not None:
         refuse('in-place', f'{ev.describe(writer)} writes the input in place between the reads of the BatchNorm and of `{name}`')
     return Decision(ev.qual(node.target), [Part(name, Side.BRANCH, flow.cmap, True, sign)], Direction.BRANCH,
-                    'add' if sign > 0 else 'sub', assumptions=ev.assumed)
+                    'add' if sign > 0 else 'sub', assumptions=ev.assumed, nodes=[node, n, *node.users])
 
 # %% ../nbs/05_plan.ipynb #a078d4c9
 @patch_to(Planner)
@@ -541,8 +555,33 @@ def plan(self) -> list[Decision]:
         if rep is not None:
             d = decided[rep]
             decided[n] = Decision(ev.qual(n.target), [], d.direction if d.folded else Direction.FORWARD, 'batchnorm',
-                                  merged_into=ev.qual(rep.target), assumptions=list(d.assumptions))
+                                  merged_into=ev.qual(rep.target), assumptions=list(d.assumptions), nodes=[n, rep])
     for n in nodes:
         if problems[n] is None:
             decided[n].affine = self.affine(n)
+        decided[n].root = ev.qual('')
+    if ev.traced.guards:   # traced with the example's values: a fold rests on the answers Python got where its modules are used
+        for n in nodes:
+            self.rest_on_path(decided[n])
     return [decided[n] for n in nodes]
+
+@patch_to(Planner)
+def rest_on_path(self, d: Decision):
+    "Note the path a fold rests on, or refuse it where the path depends on the input's values (no check can key it by shape)."
+    if not d.folded:
+        return
+    ev, prefix = self.facts, self.facts.prefix
+    locals_ = [x[len(prefix):] for x in [d.bn, *d.layers, *([d.merged_into] if d.merged_into else [])]]
+    guards = ev.guards_over(locals_)
+    if not guards:
+        return
+    data = [g for g in guards if guard_depends_on_values(g)]
+    if data:
+        d.parts, d.merged_into = [], ''
+        d.reason = Reason('path', f'{ev.describe(data[0].node)} decides the path of the forward (a branch on tensor values), '
+                                  'and another input may take another path, where the fold does not hold')
+        return
+    where = sorted({g.calls[-1][1] if g.calls else '' for g in guards})
+    names = ', '.join(f'`{ev.qual(w) or "<model>"}`' for w in where[:3]) + (', ...' if len(where) > 3 else '')
+    text = f'the path forward took on inputs shaped like example_inputs ({len(guards)} shape-dependent answers in {names})'
+    d.assumptions.append(Assumption('path', guards[0].node, tuple(guards), text=text))

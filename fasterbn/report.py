@@ -116,7 +116,9 @@ def report_rows(model: nn.Module, # the folded model (its names are the original
             continue
         d = by_bn.get(name)
         if d is not None and d.folded:
-            rows.append(FoldRow(name, True, into(d), str(d.direction), d.via, rests_on='; '.join(d.assumptions)))
+            rests = '; '.join(a.text for a in d.assumptions)
+            rests += ' (seen on example_inputs; the folded model checks it at each new input shape)' if rests else ''
+            rows.append(FoldRow(name, True, into(d), str(d.direction), d.via, rests_on=rests))
         elif d is not None:
             rows.append(FoldRow(name, False, reason=d.reason.text, kind=d.reason.kind))
         elif scripted_bn(m) or scripted_model or any(name.startswith(u + '.') and 'scripted' in v for u, v in untraceable.items()):

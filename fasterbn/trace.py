@@ -15,7 +15,8 @@ import torch.fx._symbolic_trace as _fx_trace
 from .rules import Rules, is_fold_layer
 
 # %% auto #0
-__all__ = ['has_forward_hooks', 'global_forward_hooks', 'FoldTracer', 'preserved', 'Trace', 'trace']
+__all__ = ['has_forward_hooks', 'global_forward_hooks', 'FoldTracer', 'preserved', 'Trace', 'trace', 'ValueProxy',
+           'ValueAttribute', 'Guard', 'ValueTracer', 'value_trace']
 
 # %% ../nbs/02_trace.ipynb #09ffcf16
 def has_forward_hooks(m: nn.Module) -> bool:
@@ -115,6 +116,7 @@ class Trace:
     graph: fx.Graph                             # the data-flow graph, with BatchNorms, layers and op modules as leaves
     reads: dict = field(default_factory=dict)   # qualified module name -> Counter of attribute names read through it
     closed: set = field(default_factory=set)    # ids of layers of unknown kinds kept whole because tracing into them failed
+    guards: list|None = None                    # traced with values: the answers the path rests on (None: a symbolic trace, every path)
 
 def trace(model: nn.Module, # the root to trace
           rules: Rules, # what the tracer keeps whole
@@ -133,11 +135,144 @@ def trace(model: nn.Module, # the root to trace
             if not tracer.failed or tracer.failed[0] in closed:
                 raise
             closed.add(tracer.failed[0])
-    names = {}
+    return Trace(graph, _reads_by_name(model, tracer.reads), closed)
+
+def _reads_by_name(model: nn.Module, reads: list) -> dict:
+    "qualified name -> Counter of the attributes read through that module."
+    names, out = {}, {}
     for name, m in model.named_modules():
         names.setdefault(id(m), name)
-    reads = {}
-    for mod, attr in tracer.reads:
+    for mod, attr in reads:
         if id(mod) in names:
-            reads.setdefault(names[id(mod)], Counter())[attr] += 1
-    return Trace(graph, reads, closed)
+            out.setdefault(names[id(mod)], Counter())[attr] += 1
+    return out
+
+# %% ../nbs/02_trace.ipynb #8d19ff9e
+class ValueProxy(fx.Proxy):
+    "An fx Proxy that carries its node's value on the example inputs, so Python can branch on it; each answer Python gets is a guard."
+    _is_param = False   # what `isinstance(x, nn.Parameter)` asks of a tensor
+    @property
+    def value(self): return self.node.meta['value']
+    @property
+    def __class__(self):   # `isinstance(x, torch.Tensor)` sees the value's class, as eager code does
+        v = self.node.meta.get('value')
+        return type(v) if isinstance(v, torch.Tensor) else type(self)
+    def __getattr__(self, k: str): return ValueAttribute(self, k)
+    def __len__(self) -> int: return self.tracer.answer(self, 'len', len(self.value))
+    def __int__(self) -> int: return self.tracer.answer(self, 'int', int(self.value))
+    def __index__(self) -> int: return self.tracer.answer(self, 'int', int(self.value))
+    def __float__(self) -> float: return self.tracer.answer(self, 'float', float(self.value))
+    def __iter__(self):
+        n = self.tracer.answer(self, 'len', len(self.value))
+        return iter([self[i] for i in range(n)])
+
+class ValueAttribute(fx.proxy.Attribute, ValueProxy):
+    "An attribute of a `ValueProxy` (`x.shape`): a method to call, or a value to use, with the same answers."
+
+@dataclass(frozen=True)
+class Guard:
+    "An answer Python got from a value of the trace: the path the trace took rests on it."
+    node: fx.Node     # the value Python asked about
+    kind: str         # 'bool', 'int', 'float' or 'len'
+    answer: object    # what it got
+    calls: tuple      # the module calls running when it asked (outermost first), as (call id, qualified name)
+
+_MODULE_CALL, _MODULE_GETATTR = torch.nn.Module.__call__, torch.nn.Module.__getattr__   # as they are outside any trace
+
+@contextmanager
+def _unpatched():
+    "Module calls and attribute reads as outside a trace, while a leaf module runs on values (fx patches them during tracing)."
+    call, get = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+    torch.nn.Module.__call__, torch.nn.Module.__getattr__ = _MODULE_CALL, _MODULE_GETATTR
+    try:
+        yield
+    finally:
+        torch.nn.Module.__call__, torch.nn.Module.__getattr__ = call, get
+
+class ValueTracer(FoldTracer):
+    "A `FoldTracer` whose proxies carry the values of the example inputs: it traces through Python that branches on shapes, and records guards."
+    def __init__(self, rules: Rules, # what the tracer keeps whole
+                 values: dict, # parameter name of forward -> its value (the example's inputs, and the defaults of the others)
+                 leaves: tuple=(), closed: set=frozenset()):
+        super().__init__(rules, leaves, closed)
+        self.values, self.guards, self.stack, self.calls = values, [], [], 0
+
+    def proxy(self, node: fx.Node) -> ValueProxy: return ValueProxy(node, self)
+
+    def create_arg(self, a):
+        if fx.Proxy in type(a).__mro__:   # by type: a proxy claims its value's class
+            return a.node
+        return super().create_arg(a)
+
+    def answer(self, proxy: ValueProxy, kind: str, value):
+        "Give Python the value it asked for, and record the guard."
+        self.guards.append(Guard(proxy.node, kind, value, tuple(self.stack)))
+        return value
+
+    def to_bool(self, obj) -> bool: return self.answer(obj, 'bool', bool(obj.value))
+    def iter(self, obj): return iter(obj)
+    def keys(self, obj): return self.answer(obj, 'len', list(obj.value.keys()))
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node.meta['calls'] = tuple(self.stack)
+        if kind == 'placeholder':   # a parameter of forward, or `name_0` for one fixed to a value (fx checks it)
+            name = target if target in self.values else target.rpartition('_')[0]
+            node.meta['value'] = self.values[name]
+        elif kind == 'get_attr':
+            node.meta['value'] = _attribute(self.root, target)
+        elif kind != 'output':
+            node.meta['value'] = self._run(kind, target, args, kwargs)
+        return node
+
+    def _run(self, kind, target, args, kwargs):
+        "The value of a call, from the values of its arguments."
+        args, kwargs = fx.node.map_arg(args, _node_value), fx.node.map_arg(kwargs, _node_value)
+        with _unpatched():
+            if kind == 'call_function':
+                return target(*args, **kwargs)
+            if kind == 'call_method':
+                return getattr(args[0], target)(*args[1:], **kwargs)
+            return self.root.get_submodule(target)(*args, **kwargs)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.calls += 1
+        self.stack.append((self.calls, self.path_of_module(m)))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.stack.pop()
+
+def _node_value(n: fx.Node): return n.meta['value']
+
+def _attribute(root: nn.Module, target: str):
+    obj = root
+    for part in target.split('.'):
+        obj = getattr(obj, part)
+    return obj
+
+def value_trace(model: nn.Module, # the root to trace
+                inputs: tuple, # its positional inputs
+                rules: Rules, # what the tracer keeps whole
+                leaves: tuple=(), # more modules to keep whole
+                closed: set=frozenset(), # layers of unknown kinds to keep whole
+                kwargs: dict|None=None, # its keyword inputs (every other parameter of forward keeps its default)
+               ) -> Trace:
+    "Trace `model` on `inputs` with their values (see `ValueTracer`), leaving nothing on it; the `Trace` holds the guards the path rests on."
+    import inspect
+    params = [p for p in inspect.signature(model.forward).parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    given = {p.name: x for p, x in zip(params, inputs)} | dict(kwargs or {})
+    given = {k: x.detach().clone() if isinstance(x, torch.Tensor) else x for k, x in given.items()}
+    fixed = {p.name: p.default for p in params if p.name not in given}
+    closed = set(closed)
+    while True:
+        tracer = ValueTracer(rules, {**given, **fixed}, leaves, closed)
+        try:
+            with torch.no_grad(), preserved(model):
+                graph = tracer.trace(model, concrete_args=fixed or None)
+            break
+        except Exception:
+            if not tracer.failed or tracer.failed[0] in closed:
+                raise
+            closed.add(tracer.failed[0])
+    return Trace(graph, _reads_by_name(model, tracer.reads), closed, tracer.guards)

@@ -103,7 +103,8 @@ def test_fastai_unet_through_submodule_fallback():
     model = create_unet_model(tvm.resnet34, 2, (64, 64), pretrained=False)
     _, report = fold_and_check(model, torch.randn(1, 3, 64, 64))
     assert report.untraceable and report.n_folded >= 36
-    assert all('could not trace' in r.reason for r in report.not_folded)
+    # the decoder's BatchNorms read a tensor a hook stored (`self.hook.stored`): the graph shows a constant, no layer
+    assert all(r.kind in ('untraceable', 'no-layer') for r in report.not_folded), report
 
 def test_timm_batchnormact():
     timm = pytest.importorskip('timm')
