@@ -9,6 +9,8 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #5d0f3a12
 __version__ = "0.1.0"
+# nbdev ends each module's docstring with a link to its page's markdown twin (for LLMs); help(fasterbn) shows the page
+__doc__ = (__doc__ or '').replace('.html.md', '.html')
 # What a user needs, at the top level. The fastai callback is imported on first use (`__getattr__` below),
 # so `import fasterbn` works without fastai and `from fasterbn import BNFoldCallback` works with it.
 from fasterbn.folder import BN_Folder, FoldReport, FoldRow, fold_error, randomize_bn

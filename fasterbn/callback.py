@@ -1,4 +1,4 @@
-"""`BNFoldCallback` folds a fastai `Learner`'s BatchNorms into their neighbouring layers when `fit` ends, and `learn.fold_bn()` does it on demand.
+"""`BNFoldCallback` folds a `Learner`'s BatchNorms into their neighbours when `fit` ends, and says so; `learn.fold_bn()` folds on demand
 
 Docs: https://fasterbn.github.io/fasterbn/callback.html.md"""
 
@@ -6,11 +6,13 @@ Docs: https://fasterbn.github.io/fasterbn/callback.html.md"""
 
 # %% ../nbs/10_callback.ipynb #9f03b222
 from __future__ import annotations
-import contextlib, copy, sys, warnings
+import contextlib, copy, warnings
+from dataclasses import dataclass
 import torch, torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
 from fastcore.meta import delegates
+from fastcore.xtras import join_path_file
 
 @contextlib.contextmanager
 def _quiet_fastai_import():
@@ -27,15 +29,29 @@ def _quiet_fastai_import():
 with _quiet_fastai_import():
     from fastai.callback.core import Callback
     from fastai.learner import Learner
-    from fastai.torch_core import get_model
-from .folder import BN_Folder, FoldReport, unwrap as _unwrap
-from .ops import is_batchnorm
-
+    from fastai.torch_core import get_model, rank_distrib
+    import fastai.callback.schedule   # defines `Learner.fine_tune`, which this module wraps (below)
+from .folder import BN_Folder, FoldReport
 
 # %% auto #0
 __all__ = ['example_batch', 'BNFoldCallback']
 
 # %% ../nbs/10_callback.ipynb #d5a5b8dc
+def _inner(model: nn.Module) -> nn.Module:
+    "The module inside `DistributedDataParallel`/`DataParallel` (fastai's `get_model`) and `torch.compile` wrappers: what gets folded."
+    while True:
+        m = get_model(model)
+        m = getattr(m, '_orig_mod', m)
+        if m is model: return m
+        model = m
+
+def _is_bn(m: nn.Module) -> bool:
+    "A BatchNorm, for this module's bookkeeping: a module with running statistics, as every BatchNorm the folder reports has."
+    bufs = getattr(m, '_buffers', {})
+    return isinstance(bufs.get('running_mean'), torch.Tensor) and isinstance(bufs.get('running_var'), torch.Tensor)
+
+def _bn_names(model: nn.Module) -> list[str]: return [n for n, m in model.named_modules() if _is_bn(m)]
+
 def _plain(x):
     "`x` without fastai's tensor subclass, if it is a tensor."
     return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) and type(x) is not torch.Tensor else x
@@ -59,7 +75,7 @@ def example_batch(learn: Learner, # the learner whose `dls` and `model` to use
     except Exception: return None   # an exported learner's `dls` holds no items
     b = b if isinstance(b, (tuple, list)) else (b,)
     n_inp = getattr(dls, 'n_inp', 1 if len(b) == 1 else len(b) - 1)
-    p = next(_unwrap(learn.model).parameters(), None)
+    p = next(_inner(learn.model).parameters(), None)
     def prep(x):
         x = _plain(x)
         if not isinstance(x, torch.Tensor): return x
@@ -69,70 +85,107 @@ def example_batch(learn: Learner, # the learner whose `dls` and `model` to use
     return tuple(prep(x) for x in b[:n_inp])
 
 # %% ../nbs/10_callback.ipynb #951ddf16
-def _bn_names(model: nn.Module) -> list[str]: return [n for n, m in model.named_modules() if is_batchnorm(m)]
-
 @torch.no_grad()
 def _broadcast_bn_buffers(model: nn.Module):
     "Give every rank rank 0's BatchNorm statistics."
     for m in model.modules():
-        if is_batchnorm(m):
-            for b in (m.running_mean, m.running_var):
-                if b is not None: dist.broadcast(b, src=0)
+        if _is_bn(m):
+            for b in (m.running_mean, m.running_var): dist.broadcast(b, src=0)
+
+@dataclass
+class _Fold:
+    "What one `fold_bn` did to the model, and what `Learner.load` needs to undo it."
+    report: FoldReport   # the folder's report of this fold
+    backward: bool       # as passed to `fold_bn`
+    keys: set            # the model's state_dict keys before this fold
+    modules: dict        # name -> a copy of each module the fold replaced (the folded BatchNorms), taken before the fold
+    params: list         # (module, parameter) the fold created where there was None: a bias, a merged BatchNorm's weight and bias
+    flags: list          # (module, attribute, value before) of the plain attributes the fold changed, such as `affine`
+    lost: list           # modules the fold replaced that were not BatchNorms: no copy, so this fold cannot be undone
+
+def _skeleton(model: nn.Module) -> dict:
+    "Per module, what a fold may change besides values: its class, its parameters that are None, its plain attributes."
+    plain = (bool, int, float, str, type(None))
+    return {n: (type(m), {k for k, v in m._parameters.items() if v is None},
+                {k: v for k, v in vars(m).items() if not k.startswith('_') and k != 'training' and isinstance(v, plain)})
+            for n, m in model.named_modules()}
+
+def _fold_record(before: dict, after: dict, copies: dict, **kw) -> _Fold:
+    "Compare the skeletons before and after a fold: what it replaced, the parameters it created, the attributes it changed."
+    replaced = [n for n, (cls, _, _) in before.items() if n and (n not in after or after[n][0] is not cls)]
+    top = [n for n in replaced if not any(n.startswith(p + '.') for p in replaced)]   # a replaced module's children go with it
+    params, flags = [], []
+    for n, (cls, nones, attrs) in before.items():
+        if n in replaced or n not in after: continue
+        params += [(n, k) for k in sorted(nones - after[n][1])]
+        flags += [(n, k, v) for k, v in attrs.items() if after[n][2].get(k, v) != v]
+    return _Fold(modules={n: copies[n] for n in top if n in copies}, params=params, flags=flags,
+                 lost=[n for n in top if n not in copies], **kw)
+
+def _history(learn: Learner) -> list[_Fold]:
+    "The folds `fold_bn` made to `learn.model`; none when the model is another one now (replaced, or a load undid them)."
+    history = getattr(learn, '_fold_history', None) or []
+    mods = dict(_inner(learn.model).named_modules())
+    gone = [r.bn for f in history for r in f.report.folded]
+    return history if all(n in mods and not _is_bn(mods[n]) for n in gone) else []
 
 def _folded_names(learn: Learner) -> list[str]:
-    "Names of the BatchNorms `learn.fold_bn` folded that are still folded in `learn.model`."
-    rep, model = getattr(learn, 'fold_report', None), _unwrap(learn.model)
-    if rep is None: return []
-    names = dict(model.named_modules())
-    return [r.bn for r in rep.folded if not is_batchnorm(names.get(r.bn, nn.Identity()))]
+    "Names of the BatchNorms `fold_bn` folded out of `learn.model`."
+    return [r.bn for f in _history(learn) for r in f.report.folded]
 
-def _unfold_state(learn: Learner, backward: bool) -> dict:
-    "What `Learner.load` needs to take a checkpoint of the model as it is now, once folded: its keys, its BatchNorms, its layers without a bias."
-    inner = _unwrap(learn.model)
-    return dict(keys=set(get_model(learn.model).state_dict()), backward=backward,
-                bns={n: copy.deepcopy(m) for n, m in inner.named_modules() if is_batchnorm(m)},   # small: 4 vectors each
-                biasless={n for n, m in inner.named_modules() if 'bias' in m._parameters and m._parameters['bias'] is None})
+def _cumulative(reports: list[FoldReport]) -> FoldReport:
+    "One report of several folds of one model: each BatchNorm's row from the last fold that saw it."
+    if len(reports) == 1: return reports[0]
+    rows, untraceable = {}, {}
+    for rep in reports:
+        rows.update({r.bn: r for r in rep.rows})   # a BatchNorm one fold left and a later one folded: the later row
+        untraceable.update(rep.untraceable)
+    notes = list(dict.fromkeys(n for rep in reports for n in rep.notes))
+    earlier = sum(rep.n_folded for rep in reports[:-1])
+    notes.append(f'{len(reports)} folds of this model: the earlier ones folded {earlier} BatchNorm layer(s), '
+                 f'the last one {reports[-1].n_folded}')
+    return FoldReport(list(rows.values()), untraceable, notes)
 
 @patch
 def fold_bn(self: Learner,
             backward: bool=True, # also fold a BatchNorm into the layer *after* it, where that is exact
             verbose: bool=False, # print the report
-            example_inputs=None, # inputs for shape-dependent folds (default: two rows of a batch of `learn.dls`)
+            example_inputs: torch.Tensor|tuple|None=None, # inputs for shape-dependent folds (default: two rows of a batch of `learn.dls`)
             sync: bool|None=None, # broadcast BatchNorm statistics from rank 0 first (default: when the model is wrapped in DDP)
-           ) -> FoldReport: # also stored in `learn.fold_report`
-    "Fold `learn.model`'s BatchNorms in place, in eval mode, and drop the optimizer, whose Parameters the fold replaced."
+           ) -> FoldReport: # every fold of this model so far, also stored in `learn.fold_report`
+    "Fold `learn.model`'s BatchNorms in place, in eval mode; drop the optimizer, whose Parameters the fold replaced."
+    inner = _inner(self.model)
     if sync is None: sync = isinstance(self.model, nn.parallel.DistributedDataParallel)
-    if sync and dist.is_available() and dist.is_initialized(): _broadcast_bn_buffers(_unwrap(self.model))
+    if sync and dist.is_available() and dist.is_initialized(): _broadcast_bn_buffers(inner)
     if example_inputs is None: example_inputs = example_batch(self)
-    prev = getattr(self, '_unfold_state', None) if _folded_names(self) else None   # the model still carries an earlier fold
-    state = _unfold_state(self, backward)
-    folder = BN_Folder(backward=backward, verbose=verbose)
+    history, keys, before = _history(self), set(get_model(self.model).state_dict()), _skeleton(inner)
+    copies = {n: copy.deepcopy(m) for n, m in inner.named_modules() if _is_bn(m)}   # small: four vectors each
+    folder = BN_Folder(backward=backward)
     folder.fold(self.model, inplace=True, example_inputs=example_inputs)
-    self.fold_report = folder.report
+    reports = [f.report for f in history] + [folder.report]
     if folder.report.n_folded:
         self.opt = None   # the next `fit`/`export` builds one over the folded Parameters
-        state['bns'] = {r.bn: state['bns'][r.bn] for r in folder.report.folded if r.bn in state['bns']}
-        if prev is not None: state = dict(prev, bns=prev['bns'] | state['bns'], backward=backward)   # unfold both folds at once
-        self._unfold_state = state
-    return folder.report
-
+        history = history + [_fold_record(before, _skeleton(inner), copies, report=folder.report, backward=backward, keys=keys)]
+    self._fold_history = history
+    self.fold_report = _cumulative(reports)
+    if verbose: print(self.fold_report)
+    return self.fold_report
 
 # %% ../nbs/10_callback.ipynb #7c37634a
-def _fine_tune_frame(learn: Learner):
-    "The frame of a `learn.fine_tune` call that is running, if any."
-    f = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_name == 'fine_tune' and f.f_locals.get('self') is learn: return f
-        f = f.f_back
-    return None
+def _summary_line(report: FoldReport) -> str:
+    n, k = len(report.rows), report.n_folded
+    line = f'BNFoldCallback: folded {k} of {n} BatchNorm layer{"s" if n != 1 else ""} into their neighbours'
+    if k == n: return line + '; learn.fold_report has the details'
+    return line + f'; learn.fold_report says why {n - k} stay{"s" if n - k == 1 else ""}'
 
 class BNFoldCallback(Callback):
-    "Fold `learn.model`'s BatchNorms into their neighbouring layers, in place, when `fit` ends."
-    order = 80   # after SaveModelCallback (61), ReduceLROnPlateau (62), EarlyStoppingCallback (63), ShowGraphCallback (65), SkipToEpoch (70)
+    "Fold `learn.model`'s BatchNorms into their neighbouring layers, in place, when `fit` ends, and say so in one line."
+    order = 80   # after SaveModelCallback (61), ReduceLROnPlateau (62), EarlyStoppingCallback (63), ShowGraphCallback (65), SkipToEpoch
     def __init__(self, backward: bool=True, # also fold a BatchNorm into the layer *after* it, where that is exact
-                 verbose: bool=False, # print the report after folding
+                 verbose: bool=False, # print the whole report after folding
+                 quiet: bool=False, # log no one-line summary (`learn.no_logging()` silences it too)
                 ):
-        self.backward, self.verbose, self._fitting, self._fine_tune = backward, verbose, False, None
+        self.backward, self.verbose, self.quiet, self._fitting, self._fine_tune = backward, verbose, quiet, False, None
 
     def _real_fit(self) -> bool:
         "Is this `before_fit`/`after_fit` from `Learner.fit`, not from `lr_find` or a validation context?"
@@ -145,79 +198,115 @@ class BNFoldCallback(Callback):
         if not self._real_fit(): return
         self._fitting = True
         if folded := _folded_names(self.learn):
-            left = len(_bn_names(_unwrap(self.model)))
+            left = len(_bn_names(_inner(self.model)))
             warnings.warn(f'learn.model was folded: {len(folded)} BatchNorm layer(s) are gone (folded into their neighbours), '
-                          f'{"no BatchNorm is left" if not left else f"{left} remain"}. This fit trains the folded model, without batch statistics.')
+                          f'{"no BatchNorm is left" if not left else f"{left} remain"}. '
+                          'This fit trains the folded model, without batch statistics.')
 
     def after_fit(self):
-        "Fold, once the callbacks before this one have restored the weights to keep."
+        "Fold, once the callbacks before this one have restored the weights to keep; log what was folded."
         if not (self._fitting and self._real_fit()): return
         self._fitting = False
-        if (ft := _fine_tune_frame(self.learn)) is not None and self._fine_tune != id(ft):
-            self._fine_tune = id(ft); return   # the frozen first fit of `fine_tune`: fold after its second
+        call = getattr(self.learn, '_fine_tune_call', None)   # set by `Learner.fine_tune` (below) while it runs
+        if call is not None and self._fine_tune != call:
+            self._fine_tune = call; return   # the frozen first fit of `fine_tune`: fold after its second
         self._fine_tune = None
-        if not _bn_names(_unwrap(self.model)): return   # nothing left to fold: keep the last report and the optimizer
-        self.learn.fold_bn(backward=self.backward, verbose=self.verbose)
+        if not _bn_names(_inner(self.model)): return   # nothing left to fold: keep the last report and the optimizer
+        report = self.learn.fold_bn(backward=self.backward, verbose=self.verbose)
+        if not self.quiet and rank_distrib() == 0: self.learn.logger(_summary_line(report))
+
+_fastai_fine_tune = getattr(Learner.fine_tune, '_fastai_fine_tune', Learner.fine_tune)   # fastai's own, even if this module loads twice
+
+@patch
+def fine_tune(self: Learner, *args, # fastai's `fine_tune` arguments: epochs, base_lr, freeze_epochs, ...
+              **kwargs, # and its keyword arguments, all passed on unchanged
+             ):
+    "fastai's `Learner.fine_tune`, which numbers its call so that `BNFoldCallback` waits for the second of its two fits."
+    outer = getattr(self, '_fine_tune_call', None)
+    self._fine_tune_calls = getattr(self, '_fine_tune_calls', 0) + 1
+    self._fine_tune_call = self._fine_tune_calls
+    try: return _fastai_fine_tune(self, *args, **kwargs)
+    finally: self._fine_tune_call = outer
+Learner.fine_tune._fastai_fine_tune = _fastai_fine_tune
 
 # %% ../nbs/10_callback.ipynb #174db119
-_fastai_load = getattr(Learner.load, '_fastai_load', Learner.load)   # fastai's own, even if this module is loaded twice
+_fastai_load = getattr(Learner.load, '_fastai_load', Learner.load)   # fastai's own, even if this module loads twice
 
-def _unfold(inner: nn.Module, state: dict) -> list:
-    "Put the folded BatchNorms back and drop the biases the fold added; return what undoes that."
-    undo, p = [], next(inner.parameters(), None)
-    for name, bn in state['bns'].items():
-        parent, _, attr = name.rpartition('.')
-        owner = inner.get_submodule(parent)
-        undo.append((owner, attr, getattr(owner, attr)))
-        setattr(owner, attr, copy.deepcopy(bn).to(p.device) if p is not None else copy.deepcopy(bn))   # a copy: the kept one serves the next load
-    for name in state['biasless']:
-        try: m = inner.get_submodule(name)
-        except AttributeError: continue
-        if m._parameters.get('bias') is not None: undo.append((m, 'bias', m.bias)); m.bias = None
-    return undo
+def _saved_shapes(file) -> dict|None:
+    "Shape of each model tensor in a checkpoint fastai's `load` reads (`{'model', 'opt'}`, or a state_dict); None if unreadable."
+    import numpy as np
+    from fastcore.foundation import L
+    core = getattr(np, '_core', None) or np.core
+    dtypes = getattr(np, 'dtypes', None)
+    safe = [L, core.multiarray.scalar, np.dtype, *[getattr(dtypes, d) for d in getattr(dtypes, '__all__', [])]]   # as fastai's `load_model`
+    pos = file.tell() if hasattr(file, 'seek') else None
+    state = None
+    for mmap in ([True, False] if pos is None else [False]):   # memory-mapped: the tensors are not read, only their shapes
+        try:
+            with torch.serialization.safe_globals(safe): state = torch.load(file, map_location='cpu', weights_only=True, mmap=mmap)
+            break
+        except Exception: pass
+        finally:
+            if pos is not None: file.seek(pos)   # fastai reads it next
+    if isinstance(state, dict) and set(state) == {'model', 'opt'}: state = state['model']
+    if not isinstance(state, dict): return None
+    return {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
 
-def _redo(undo: list):
-    for owner, attr, v in reversed(undo): setattr(owner, attr, v)
+def _unfold(inner: nn.Module, history: list[_Fold]) -> list:
+    "Undo the folds of `history` on `inner`, the last one first: put the BatchNorms back, drop what the folds created."
+    journal, p = [], next(inner.parameters(), None)
+    def put(m, attr, v): journal.append((m, attr, getattr(m, attr))); setattr(m, attr, v)
+    for f in reversed(history):
+        for name, bn in f.modules.items():
+            parent, _, attr = name.rpartition('.')
+            bn = copy.deepcopy(bn)   # a copy: the kept one serves the next load
+            put(inner.get_submodule(parent), attr, bn.to(p.device) if p is not None else bn)
+        for name, attr in f.params: put(inner.get_submodule(name), attr, None)
+        for name, attr, v in f.flags: put(inner.get_submodule(name), attr, v)
+    return journal
+
+def _redo(journal: list):
+    for m, attr, v in reversed(journal): setattr(m, attr, v)
 
 def _few(keys) -> str: return ', '.join(repr(k) for k in sorted(keys)[:2]) + (', ...' if len(keys) > 2 else '')
 
 @patch
 @delegates(_fastai_load)
-def load(self: Learner, file, device=None, **kwargs):
-    "fastai's `Learner.load`, which also takes a checkpoint of the model as it was before `fold_bn`, and folds it."
-    state = getattr(self, '_unfold_state', None)
-    if state is None or not _folded_names(self): return _fastai_load(self, file, device=device, **kwargs)
-    target, refold, refused = get_model(self.model), [], []
-    own_load = target.load_state_dict
-    def load_state_dict(sd, strict=True, **kw):   # what fastai's `load_model` calls, with the checkpoint's model state
-        keys, now = set(sd), set(target.state_dict())
-        if keys == now or not keys & (state['keys'] - now): return own_load(sd, strict=strict, **kw)   # folded model's, or fastai's own error
-        if keys == state['keys'] or (not strict and keys <= state['keys']):
-            undo = _unfold(_unwrap(self.model), state)
-            shapes = {k: v.shape for k, v in target.state_dict().items()}
-            bad = [k for k, v in sd.items() if k in shapes and getattr(v, 'shape', None) != shapes[k]]
-            if not bad:
-                try: res = own_load(sd, strict=strict, **kw)
-                except BaseException: _redo(undo); raise
-                refold.append(True); return res
-            _redo(undo)
-            refused.append(f'its tensor {bad[0]!r} has shape {tuple(sd[bad[0]].shape)}, the model before the fold had {tuple(shapes[bad[0]])}')
-        else:
-            extra, missing = keys - state['keys'], state['keys'] - keys
-            refused.append('it holds weights of another unfolded model (' + '; '.join(
-                [f'{len(extra)} key(s) the model never had: {_few(extra)}'] * bool(extra) + [f'{len(missing)} missing: {_few(missing)}'] * bool(missing)) + ')')
-        raise RuntimeError(refused[-1])
-    target.load_state_dict = load_state_dict   # on the instance, for this call only
-    try: _fastai_load(self, file, device=device, **kwargs)
-    except RuntimeError:
-        if not refused: raise
-        n = len(_folded_names(self))
-        raise RuntimeError(f'cannot load {file!r} into learn.model: fasterbn folded {n} BatchNorm layer(s) out of it, and the checkpoint is neither '
-                           f'of the folded model nor of the model before the fold: {refused[-1]}. Load it into a learner whose model is not folded.') from None
-    finally: del target.load_state_dict
-    if refold:
-        self.opt = None   # fastai built it over the unfolded Parameters
-        self.fold_bn(backward=state['backward'])
-    return self
+def load(self: Learner, file, # a name in `learn.path/learn.model_dir` (without `.pth`), or a file object
+         device: str|int|torch.device|None=None, # where the tensors go (default: `learn.dls.device`)
+         **kwargs):
+    "fastai's `Learner.load`; into a model `fold_bn` folded, it also loads a checkpoint saved before the fold, and folds again."
+    history = _history(self)
+    if not history: return _fastai_load(self, file, device=device, **kwargs)
+    saved = _saved_shapes(join_path_file(file, self.path/self.model_dir, ext='.pth'))
+    before, now = history[0].keys, set(get_model(self.model).state_dict())
+    if saved is None or saved.keys() == now or not saved.keys() & (before - now):
+        return _fastai_load(self, file, device=device, **kwargs)   # the folded model's checkpoint, or fastai's own error
+    keys, strict = set(saved), kwargs.get('strict', True)
+    if lost := [n for f in history for n in f.lost]:
+        why = f'the fold replaced modules that are not BatchNorms ({_few(lost)}), which cannot be put back'
+    elif keys == before or (not strict and keys <= before):
+        journal = _unfold(_inner(self.model), history)
+        shapes = {k: tuple(v.shape) for k, v in get_model(self.model).state_dict().items()}
+        bad = next((k for k, s in saved.items() if s is not None and k in shapes and s != shapes[k]), None)
+        if bad is None:
+            opt = self.opt
+            try:
+                self.opt = None   # fastai builds one over the unfolded Parameters, and loads the optimizer state into it
+                _fastai_load(self, file, device=device, **kwargs)
+            except BaseException:
+                _redo(journal); self.opt = opt; raise
+            self._fold_history = []
+            self.fold_bn(backward=history[-1].backward)
+            return self
+        _redo(journal)
+        why = f'its tensor {bad!r} has shape {saved[bad]}, the model before the fold had {shapes[bad]}'
+    else:
+        extra, missing = keys - before, before - keys
+        what = [f'{len(extra)} key(s) the model never had: {_few(extra)}'] * bool(extra)
+        what += [f'{len(missing)} missing: {_few(missing)}'] * bool(missing)
+        why = f'it holds weights of another unfolded model ({"; ".join(what)})'
+    raise RuntimeError(f'cannot load {file!r} into learn.model: fasterbn folded {len(_folded_names(self))} BatchNorm layer(s) out of it, '
+                       f'and the checkpoint is neither of the folded model nor of the model before the fold: {why}. '
+                       'Load it into a learner whose model is not folded.')
 Learner.load._fastai_load = _fastai_load
-

@@ -17,8 +17,7 @@ from .facts import first_line
 from .ops import functional_layer
 
 # %% auto #0
-__all__ = ['to_double', 'flat_outputs', 'fold_error', 'float64_outputs', 'in_float64', 'Reference', 'rounding_noise', 'under',
-           'references', 'fold_units', 'culprits_of', 'verify', 'signature', 'reads_bias', 'functional_calls', 'replay']
+__all__ = ['to_double', 'flat_outputs', 'fold_error']
 
 # %% ../nbs/07_check.ipynb #ddacb780
 def to_double(x):
@@ -58,7 +57,7 @@ def fold_error(original: nn.Module, # the unfolded model
         return max(float((o.double() - r).abs().max()) for o, r in zip(outs, ref))
     return err(folded), err(original)
 
-# %% ../nbs/07_check.ipynb #c85f7e3f
+# %% ../nbs/07_check.ipynb #8a177705
 def float64_outputs(root: nn.Module, inputs: tuple) -> list:
     "The float tensors `root` returns on `inputs`, as float64, leaving no trace on `root`."
     with torch.no_grad(), preserved(root):
@@ -132,7 +131,7 @@ def references(model: nn.Module, decisions: list, roots: list, notes: list) -> d
         refs[name] = Reference(inputs64, ref, max((float(r.abs().max()) for r in ref if r.numel()), default=0.))
     return refs
 
-# %% ../nbs/07_check.ipynb #b853d244
+# %% ../nbs/07_check.ipynb #60aedf66
 def fold_units(decisions: list) -> list[list]:
     "Folded decisions grouped so that each group can be applied alone: those that touch a common layer, or merge into one BatchNorm."
     groups, where = [], {}
@@ -207,7 +206,7 @@ def verify(model: nn.Module, # the unfolded model the decisions were planned on
                 f'weights explains {noise:.3g}: forward uses the modules in a way the graph does not show')
     journal.extend(apply(work, decisions, compute(model, decisions)))
 
-# %% ../nbs/07_check.ipynb #a4b7018d
+# %% ../nbs/07_check.ipynb #0cd015d7
 def signature(graph: fx.Graph, # a traced graph
               functional: dict, # node -> local name of the layer it applies as a function (its bias argument is normalized)
              ) -> list: # one entry per node that is not a `get_attr`: (op, target, args, kwargs), node references by position

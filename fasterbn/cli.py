@@ -1,4 +1,4 @@
-"""`fasterbn fold MODEL -o OUT` folds an architecture, a `state_dict` or a fastai export, and shows what it did
+"""`fasterbn fold MODEL -o OUT` folds an architecture (with pretrained weights if you name them), a `state_dict` or a fastai export
 
 Docs: https://fasterbn.github.io/fasterbn/cli.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://fasterbn.github.io/fasterbn/cli.html.md"""
 
 # %% ../nbs/11_cli.ipynb #4be0a2a7
 from __future__ import annotations
-import argparse, contextlib, difflib, os, pickle, stat, statistics, sys, tempfile, time
+import argparse, contextlib, difflib, importlib.util, os, pickle, stat, statistics, sys, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn as nn
@@ -20,11 +20,22 @@ from .folder import bn_replacement
 
 # %% auto #0
 __all__ = ['FOLDED_FORMAT', 'CLIError', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'check_out', 'save_folded',
-           'load_folded', 'report_table', 'max_difference', 'fold_cmd', 'main']
+           'load_folded', 'report_table', 'max_difference', 'latency_line', 'fold_cmd', 'bench_needs', 'main']
 
 # %% ../nbs/11_cli.ipynb #812b0ef2
 class CLIError(Exception):
     "A failure the user can fix: `main` prints its message on one line and exits with status 1."
+
+_PIP_NAMES = {'sklearn': 'scikit-learn'}
+
+def _missing(*modules: str) -> list[str]:
+    "The pip names of the modules that cannot be imported here (found without importing them)."
+    return [_PIP_NAMES.get(m, m) for m in modules if importlib.util.find_spec(m) is None]
+
+def _needs(what: str, missing: list[str], extra: str) -> CLIError:
+    names = ' and '.join(missing) if len(missing) < 3 else ', '.join(missing[:-1]) + ' and ' + missing[-1]
+    return CLIError(f'{what} needs {names}, which {"is" if len(missing) == 1 else "are"} not installed here: '
+                    f'pip install "fasterbn[{extra}]" (from a clone: pip install -e ".[{extra}]")')
 
 # %% ../nbs/11_cli.ipynb #0c542870
 def parse_shape(s: str, # comma-separated positive integers, e.g. '1,3,224,224'
@@ -32,7 +43,8 @@ def parse_shape(s: str, # comma-separated positive integers, e.g. '1,3,224,224'
     "Parse an `--input-shape` value."
     try: shape = tuple(int(p) for p in s.replace('x', ',').split(','))
     except ValueError: shape = ()
-    if not shape or any(d <= 0 for d in shape): raise CLIError(f'--input-shape {s!r}: expected positive integers separated by commas, e.g. 1,3,224,224')
+    if not shape or any(d <= 0 for d in shape):
+        raise CLIError(f'--input-shape {s!r}: expected positive integers separated by commas, e.g. 1,3,224,224')
     return shape
 
 # %% ../nbs/11_cli.ipynb #1b8a5e50
@@ -46,19 +58,51 @@ def _timm_names() -> list[str]:
     except ImportError: return []
     return list(timm.list_models())
 
-def build_arch(name: str, # torchvision or timm architecture name; `timm:NAME` or `torchvision:NAME` picks the library
-              ) -> tuple[nn.Module, str]: # the model in eval mode, built without weights, and its library
-    "Build an architecture by name, without pretrained weights."
+def _first_line(e: BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+def _torchvision_weights(arch: str, weights: str):
+    "The torchvision weights enum member named `weights` (`IMAGENET1K_V1`, `DEFAULT`, or `ResNet18_Weights.IMAGENET1K_V1`)."
+    import torchvision
+    enum = torchvision.models.get_model_weights(arch)
+    name = weights.removeprefix(enum.__name__ + '.')
+    if name not in enum.__members__:
+        raise CLIError(f'--weights {weights}: torchvision has no such weights for {arch}; it has {", ".join(enum.__members__)}')
+    return enum[name]
+
+def _timm_tag(arch: str, tag: str) -> str:
+    "`arch.tag`, once timm confirms it names pretrained weights."
+    import timm
+    tags = [n.partition('.')[2] for n in timm.list_pretrained(f'{arch}.*')]
+    if tag not in tags:
+        raise CLIError(f'timm has no pretrained weights {arch}.{tag}' + (f'; it has {", ".join(tags)}' if tags else f' ({arch} has none)'))
+    return f'{arch}.{tag}'
+
+def build_arch(name: str, # torchvision or timm architecture (`timm:NAME`/`torchvision:NAME` picks the library); timm's may carry a tag
+               weights: str|None=None, # pretrained weights: torchvision's by name (`IMAGENET1K_V1`, `DEFAULT`), timm's by tag or `DEFAULT`
+              ) -> tuple[nn.Module, str, str]: # the model in eval mode, its library, and its weights ('' when random)
+    "Build an architecture by name, with random weights or, when named, pretrained ones from the usual cache (downloaded there if missing)."
     lib, _, arch = name.rpartition(':')
     if lib not in ('', 'torchvision', 'timm'): raise CLIError(f'unknown library {lib!r} in {name!r}: write torchvision:NAME or timm:NAME')
-    tv = _tv_names() if lib in ('', 'torchvision') else []
+    arch, _, tag = arch.partition('.')   # timm's pretrained tags: efficientnet_b0.ra_in1k
+    tv = _tv_names() if lib in ('', 'torchvision') and not tag else []
     if arch in tv:
         import torchvision
-        return torchvision.models.get_model(arch, weights=None).eval(), 'torchvision'
+        w = _torchvision_weights(arch, weights) if weights else None
+        try: model = torchvision.models.get_model(arch, weights=w)
+        except Exception as e:   # not in the cache, and the download failed
+            where = f'{torch.hub.get_dir()}/checkpoints'
+            raise CLIError(f'cannot get the {w} weights of {arch} (torchvision keeps them in {where}): {_first_line(e)}') from None
+        return model.eval(), 'torchvision', str(w or '')
     tm = _timm_names() if lib in ('', 'timm') else []
     if arch in tm:
         import timm
-        return timm.create_model(arch, pretrained=False).eval(), 'timm'
+        if weights and tag and weights not in (tag, 'DEFAULT'): raise CLIError(f'--weights {weights} names other weights than {name!r}')
+        full = _timm_tag(arch, tag or weights) if (tag or weights not in (None, 'DEFAULT')) else arch
+        try: model = timm.create_model(full, pretrained=bool(weights))
+        except Exception as e:   # not in the Hugging Face cache, and offline or the download failed
+            raise CLIError(f'cannot get the pretrained weights of {full} from the Hugging Face cache or hub (HF_HUB_OFFLINE='
+                           f'{os.environ.get("HF_HUB_OFFLINE", "unset")}): {_first_line(e)}') from None
+        return model.eval(), 'timm', (model.pretrained_cfg.get('hf_hub_id') or full) if weights else ''
     close = difflib.get_close_matches(arch, list(dict.fromkeys(tv + tm)), n=3)
     where = ' or '.join(n if names else f'{n} (not installed)' for n, names in [('torchvision', tv), ('timm', tm)] if lib in ('', n))
     raise CLIError(f'unknown model {name!r}: not a file, and not a {where} architecture'
@@ -71,10 +115,11 @@ class Loaded:
     model: nn.Module          # the model, in eval mode
     kind: str                 # 'arch', 'state_dict', 'learner' or 'module'
     name: str                 # what the user called it
-    arch: str = ''            # architecture name, for 'arch' and 'state_dict'
+    arch: str = ''            # architecture name (with a timm tag, if any), for 'arch' and 'state_dict'
     library: str = ''         # 'torchvision' or 'timm', for 'arch' and 'state_dict'
     learner: object = None    # the fastai Learner, for 'learner'
     note: str = ''            # how it was built or loaded, for the printout
+    weights: str = ''         # the pretrained weights of an 'arch' ('' when random)
 
 FOLDED_FORMAT = 'fasterbn-folded-state-dict/1'
 
@@ -84,7 +129,7 @@ def _load_weights_only(path: Path):
         raise CLIError(f'cannot read {path} as a torch file: it is neither a torch.save archive nor a pickle')
     try: return torch.load(path, map_location='cpu', weights_only=True), None
     except pickle.UnpicklingError as e: return None, e   # a pickle of objects: weights_only refuses it
-    except Exception as e: raise CLIError(f'cannot read {path} as a torch file: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}') from None
+    except Exception as e: raise CLIError(f'cannot read {path} as a torch file: {type(e).__name__}: {_first_line(e)}') from None
 
 def _few(items, n=3) -> str: return ', '.join(map(str, items[:n])) + (', ...' if len(items) > n else '')
 
@@ -113,23 +158,29 @@ def _load_state_dict(model: nn.Module, sd: dict, arch: str, path):
         first = next((l.strip() for l in str(e).splitlines() if 'size mismatch' in l), str(e).splitlines()[0])
         raise CLIError(f'{path} does not fit --arch {arch}: {first}') from None
     if res.missing_keys or res.unexpected_keys:
-        parts = [f'{len(ks)} {what} key(s) ({_few(ks)})' for what, ks in [('missing', res.missing_keys), ('unexpected', res.unexpected_keys)] if ks]
+        found = [('missing', res.missing_keys), ('unexpected', res.unexpected_keys)]
+        parts = [f'{len(ks)} {what} key(s) ({_few(ks)})' for what, ks in found if ks]
         raise CLIError(f'{path} does not fit --arch {arch}: ' + ', '.join(parts))
 
 # %% ../nbs/11_cli.ipynb #7ad2fca8
 def load_model(spec: str, # architecture name, or path of a state_dict / fastai export / whole-module pickle
                arch: str|None=None, # architecture of a state_dict file
                trust_pickle: bool=False, # allow loading a pickle, which runs code named in the file
-               seed: int=0, # seed for `randomize_bn` on architectures built by name
+               seed: int=0, # seed for `randomize_bn` on architectures built by name with random weights
+               weights: str|None=None, # pretrained weights of an architecture (see `build_arch`); a timm tag in `spec` names them too
               ) -> Loaded:
-    "The model `spec` names, in eval mode; architectures built by name get random BatchNorm statistics."
+    "The model `spec` names, in eval mode; an architecture without pretrained weights gets random BatchNorm statistics."
     path = Path(spec)
     if not path.exists():
         if arch: raise CLIError(f'no such file: {spec} (--arch goes with a state_dict file)')
         if path.suffix in ('.pt', '.pth', '.pkl', '.bin', '.ckpt') or os.sep in spec: raise CLIError(f'no such file: {spec}')
-        model, lib = build_arch(spec)
-        return Loaded(randomize_bn(model, seed=seed), 'arch', spec, spec.rpartition(':')[2], lib,
-                      note=f'{lib} {spec.rpartition(":")[2]}, weights=None, BatchNorm statistics randomized (seed {seed})')
+        name = spec.rpartition(':')[2]
+        if weights is None and '.' in name: weights = name.partition('.')[2]   # efficientnet_b0.ra_in1k: timm's pretrained weights
+        model, lib, got = build_arch(spec, weights)
+        if got: return Loaded(model, 'arch', spec, name, lib, note=f'{lib} {name}, pretrained weights {got}', weights=got)
+        return Loaded(randomize_bn(model, seed=seed), 'arch', spec, name, lib,
+                      note=f'{lib} {name}, weights=None, BatchNorm statistics randomized (seed {seed})')
+    if weights: raise CLIError(f'--weights goes with an architecture name; {spec} is a file, whose weights are used')
     if path.is_dir(): raise CLIError(f'{spec} is a directory, not a model file')
     obj, err = _load_weights_only(path)
     if err is not None:
@@ -144,7 +195,7 @@ def load_model(spec: str, # architecture name, or path of a state_dict / fastai 
         raise CLIError(f'{spec} holds a {type(obj).__name__}, not an nn.Module or a fastai Learner')
     sd = _state_dict_of(obj, spec)   # says what the file is when it is not a state_dict
     if not arch: raise CLIError(f'{spec} is a state_dict ({len(sd)} tensors): pass --arch NAME to say which architecture it belongs to')
-    model, lib = build_arch(arch)
+    model, lib, _ = build_arch(arch)
     _load_state_dict(model, sd, arch, spec)
     return Loaded(model.eval(), 'state_dict', spec, arch.rpartition(':')[2], lib, note=f'{lib} {arch} with the state_dict from {spec}')
 
@@ -156,7 +207,8 @@ def check_out(out: str, # the `-o` value
     "Fail with a `CLIError` unless a folded model can be written to `out`; nothing is written."
     if not str(out).strip(): raise CLIError('-o is empty: name the file to write, e.g. -o model_folded.pt')
     p = Path(out)
-    if str(out).endswith(('/', os.sep)) or p.is_dir(): raise CLIError(f'-o {out} is a directory: name a file in it, e.g. -o {p/"model_folded.pt"}')
+    if str(out).endswith(('/', os.sep)) or p.is_dir():
+        raise CLIError(f'-o {out} is a directory: name a file in it, e.g. -o {p/"model_folded.pt"}')
     if p.exists() and not p.is_file(): raise CLIError(f'-o {out} exists and is not a regular file')
     if not p.parent.exists(): raise CLIError(f'cannot write {out}: directory {p.parent} does not exist')
     if not p.parent.is_dir(): raise CLIError(f'cannot write {out}: {p.parent} is not a directory')
@@ -186,9 +238,9 @@ def _write_atomic(out: str|Path, write):
     except BaseException as e:
         with contextlib.suppress(OSError): os.unlink(tmp)
         if isinstance(e, OSError):
-            raise CLIError(f'cannot write {out}: {e.strerror or e}; ' + (f'{out} is unchanged' if existed else 'nothing was written')) from None
+            left = f'{out} is unchanged' if existed else 'nothing was written'
+            raise CLIError(f'cannot write {out}: {e.strerror or e}; {left}') from None
         raise
-
 
 # %% ../nbs/11_cli.ipynb #820ac2dd
 def save_folded(ld: Loaded, # what `load_model` returned
@@ -199,7 +251,7 @@ def save_folded(ld: Loaded, # what `load_model` returned
     "Write the folded model in the form that fits its source (see above)."
     out = check_out(out, force=True)
     if ld.kind in ('arch', 'state_dict'):
-        d = {'format': FOLDED_FORMAT, 'fasterbn': __version__, 'arch': ld.arch, 'library': ld.library,
+        d = {'format': FOLDED_FORMAT, 'fasterbn': __version__, 'arch': ld.arch, 'library': ld.library, 'weights': ld.weights,
              'folded_bns': [r.bn for r in report.folded], 'directions': {r.bn: r.direction for r in report.folded},
              'state_dict': folded.state_dict()}
         _write_atomic(out, lambda tmp: torch.save(d, tmp))
@@ -217,12 +269,13 @@ def load_folded(path: str|Path, # a file `fasterbn fold` wrote from an architect
     "Rebuild a folded model from its architecture and folded `state_dict`, reading the file with `weights_only=True`."
     d = torch.load(path, map_location='cpu', weights_only=True)
     if not isinstance(d, dict) or d.get('format') != FOLDED_FORMAT: raise CLIError(f'{path} is not a folded state_dict written by fasterbn')
-    model, _ = build_arch(f"{d['library']}:{d['arch']}")
+    model, _, _ = build_arch(f"{d['library']}:{d['arch']}")   # random weights (nothing downloaded): the file has them all
     for name in d['folded_bns']:
         parent, _, attr = name.rpartition('.')
         owner = model.get_submodule(parent)
-        setattr(owner, attr, bn_replacement(getattr(owner, attr), d.get('directions', {}).get(name, 'forward')))   # an identity branch leaves zeros
-    for key, v in d['state_dict'].items():   # tensors the fold created: a bias for a layer without one, an affine map for a BatchNorm others merged into
+        direction = d.get('directions', {}).get(name, 'forward')
+        setattr(owner, attr, bn_replacement(getattr(owner, attr), direction))   # an identity branch leaves zeros
+    for key, v in d['state_dict'].items():   # what the fold created: a bias where there was none, a merged BatchNorm's affine map
         owner_name, _, attr = key.rpartition('.')
         owner = model.get_submodule(owner_name)
         if attr in owner._parameters and owner._parameters[attr] is None:
@@ -240,36 +293,70 @@ def report_table(report: FoldReport, # the report of a fold
     for col, kw in [('BatchNorm', dict(style='cyan', no_wrap=True)), ('folded', dict(justify='center')),
                     ('into', dict(no_wrap=True)), ('direction', {}), ('via / reason', dict(overflow='fold'))]: t.add_column(col, **kw)
     for r in report.rows:
-        t.add_row(escape(r.bn), '[green]yes[/]' if r.folded else '[red]no[/]', escape(r.into), r.direction, escape(r.via) if r.folded else f'[yellow]{escape(r.reason)}[/]')
+        why = escape(r.via) if r.folded else f'[yellow]{escape(r.reason)}[/]'
+        t.add_row(escape(r.bn), '[green]yes[/]' if r.folded else '[red]no[/]', escape(r.into), r.direction, why)
     return t
+
+def _tensors(out) -> list[torch.Tensor]:
+    "The tensors of a model's output: a tensor, or tuples, lists and dicts of them, in order."
+    if isinstance(out, torch.Tensor): return [out]
+    if isinstance(out, dict): out = list(out.values())
+    return [t for o in out for t in _tensors(o)] if isinstance(out, (tuple, list)) else []
 
 def max_difference(a: nn.Module, # one model
                    b: nn.Module, # the other
                    x: torch.Tensor, # input for both
                   ) -> tuple[float, float]: # (max abs difference of the outputs, max abs output of `a`)
     "Largest absolute difference between two models' outputs, and the output scale."
-    from fasterbn.check import flat_outputs as _flat_outputs
-    with torch.no_grad(): oa, ob = _flat_outputs(a(x)), _flat_outputs(b(x))
+    with torch.no_grad(): oa, ob = _tensors(a(x)), _tensors(b(x))
     return (max(float((p - q).abs().max()) for p, q in zip(oa, ob)), max(float(p.abs().max()) for p in oa))
 
+def latency_line(times: dict, # {'original': [...], 'folded': [...]}: seconds per timing, from `interleaved_times`
+                 shape: tuple, # the input's shape
+                ) -> str: # what `--bench` prints
+    "What was timed and how: the median of each model, and the median of the paired ratios, labelled; a warning when the two disagree."
+    a, b = statistics.median(times['original']), statistics.median(times['folded'])
+    paired, n = latency_ratio(times['folded'], times['original']), len(times['original'])
+    line = (f'latency, input {tuple(shape)}, {torch.get_num_threads()} thread(s), {n} timings per model taken in turns: '
+            f'median original {a*1e3:.3g} ms, median folded {b*1e3:.3g} ms (folded/original {b / a:.2f}); '
+            f'median of the {n} paired ratios folded/original {paired:.2f}')
+    if (b / a < .98 and paired > 1.02) or (b / a > 1.02 and paired < .98) or abs(b / a - paired) > .1 * paired:
+        line += '. The two ratios disagree: the machine was busy while timing; rerun with more --repeats on a quiet machine'
+    return line
+
 # %% ../nbs/11_cli.ipynb #eed8e7b2
+_DEMO_HELP = ('Train a small BatchNorm CNN on scikit-learn\'s bundled digits (no download, under a minute on a laptop CPU), fold it with '
+              'BNFoldCallback, and compare accuracy, loss, parameters and latency before and after folding; a bar chart of the latencies '
+              'goes to OUT_DIR/latency.png. Needs fastai: pip install "fasterbn[fastai]".')
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fasterbn', description='Fold BatchNorm layers into neighbouring Conv/Linear layers, exactly.')
     p.add_argument('--version', action='version', version=f'fasterbn {__version__}')
     sub = p.add_subparsers(dest='cmd', metavar='{fold,demo,bench}', required=True)
     f = sub.add_parser('fold', help='fold one model and write it', description='Fold one model, print the report, check it, write it.')
-    f.add_argument('model', metavar='MODEL', help='torchvision/timm architecture name, state_dict file (with --arch), or fastai export / whole-module pickle (with --trust-pickle)')
-    f.add_argument('-o', '--out', required=True, metavar='OUT', help='file to write the folded model to (checked before folding; written atomically)')
+    f.add_argument('model', metavar='MODEL', help='torchvision/timm architecture name (a timm name may carry a pretrained tag: '
+                   'efficientnet_b0.ra_in1k), state_dict file (with --arch), or fastai export / whole-module pickle (with --trust-pickle)')
+    f.add_argument('-o', '--out', required=True, metavar='OUT',
+                   help='file to write the folded model to (checked before folding; written atomically)')
+    f.add_argument('--weights', metavar='NAME', help='pretrained weights of an architecture name: torchvision\'s by name '
+                   '(IMAGENET1K_V1, DEFAULT), timm\'s by tag (ra_in1k) or DEFAULT; read from the torch hub or Hugging Face cache, '
+                   'downloaded there if missing (default: random weights, with random BatchNorm statistics)')
     f.add_argument('--force', action='store_true', help='allow OUT to be the MODEL file itself, replacing the unfolded weights')
     f.add_argument('--input-shape', default='1,3,224,224', metavar='SHAPE', help='shape of the random input (default: 1,3,224,224)')
     f.add_argument('--arch', metavar='NAME', help='architecture of a state_dict file')
-    f.add_argument('--trust-pickle', action='store_true', help='allow loading a pickle (fastai export, torch.save(model)): it runs code named in the file')
+    f.add_argument('--trust-pickle', action='store_true',
+                   help='allow loading a pickle (fastai export, torch.save(model)): it runs code named in the file')
     f.add_argument('--forward-only', action='store_true', help='fold a BatchNorm only into the layer before it')
-    f.add_argument('--verify', action='store_true', help='compare with a float64 reference; exit 1 (and write nothing) unless exact to float32 rounding')
-    f.add_argument('--bench', action='store_true', help='time the original and the folded model')
-    f.add_argument('--repeats', type=int, default=20, help='timed runs for --bench, at least 1 (default: 20)')
-    f.add_argument('--seed', type=int, default=0, help='seed for the random BatchNorm statistics and inputs (default: 0)')
-    sub.add_parser('demo', help='train a small fastai model on digits, fold it, compare', description='Run fasterbn.demo.run_demo().')
+    f.add_argument('--verify', action='store_true',
+                   help='compare with a float64 reference; exit 1 (and write nothing) unless exact to float32 rounding')
+    f.add_argument('--bench', action='store_true',
+                   help='time the original and the folded model in turns; print the median of each and of their paired ratios')
+    f.add_argument('--repeats', type=int, default=20, help='timings per model for --bench, at least 1 (default: 20)')
+    f.add_argument('--seed', type=int, default=0, help='seed for the random weights, BatchNorm statistics and inputs (default: 0)')
+    d = sub.add_parser('demo', help='train a small fastai model on digits, fold it, compare', description=_DEMO_HELP)
+    d.add_argument('--epochs', type=int, default=5, help='training epochs, one cycle (default: 5)')
+    d.add_argument('--out-dir', default='demo_out', metavar='OUT_DIR', help='folder for the latency chart (default: demo_out)')
+    d.add_argument('--seed', type=int, default=0, help='seed for the split, the initial weights and the training order (default: 0)')
     sub.add_parser('bench', add_help=False, help='compare fasterbn with other folding tools (fasterbn bench --help for its options)')
     return p
 
@@ -282,54 +369,68 @@ def fold_cmd(args: argparse.Namespace, # parsed `fold` arguments
     if args.repeats < 1: raise CLIError(f'--repeats must be at least 1, got {args.repeats}')
     check_out(args.out, args.model, args.force)
     torch.manual_seed(args.seed)
-    ld = load_model(args.model, args.arch, args.trust_pickle, args.seed)
+    ld = load_model(args.model, args.arch, args.trust_pickle, args.seed, args.weights)
     console.print(f'[bold]{escape(ld.name)}[/]: {escape(ld.note)}', highlight=False, soft_wrap=True)
     p = next(ld.model.parameters(), None)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).to(p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).to(dtype)
     try:
         with torch.no_grad(): ld.model(x)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f'input shape {",".join(map(str, shape))} does not run through {ld.name}: {msg[:200]} (set --input-shape)') from None
+        raise CLIError(f'input shape {",".join(map(str, shape))} does not run through {ld.name}: {_first_line(e)[:200]} '
+                       '(set --input-shape)') from None
     folder = BN_Folder(backward=not args.forward_only)
     t0 = time.perf_counter()
     folded = folder.fold(ld.model, example_inputs=x)
     t_fold = time.perf_counter() - t0
     console.print(report_table(folder.report, f'{folder.report.summary()}  (folded in {t_fold:.2f} s)'))
-    for k, v in folder.report.untraceable.items(): console.print(escape(f'untraceable: {k or "<model>"}: {v}'), highlight=False, soft_wrap=True)
+    for k, v in folder.report.untraceable.items():
+        console.print(escape(f'untraceable: {k or "<model>"}: {v}'), highlight=False, soft_wrap=True)
     for n in folder.report.notes: console.print(escape(f'note: {n}'), highlight=False, soft_wrap=True)
     diff, scale = max_difference(ld.model, folded, x)
-    console.print(f'max |folded - original| on a random input of shape {tuple(shape)}: {diff:.3g} (largest output {scale:.3g})', highlight=False, soft_wrap=True)
-    status = 0
+    console.print(f'max |folded - original| on a random input of shape {tuple(shape)}: {diff:.3g} (largest output {scale:.3g})',
+                  highlight=False, soft_wrap=True)
     if args.verify:
         err, base = fold_error(ld.model, folded, x)
         ok = err <= 10 * base + 1e-6 * max(1.0, scale)
         console.print(f'verify: error vs float64 {err:.3g}, unfolded model\'s own float32 error {base:.3g}: '
                       + ('[green]OK, exact to float32 rounding[/]' if ok else '[red]FAILED[/]'), highlight=False, soft_wrap=True)
         if not ok:
-            print(f'fasterbn: error: folded output differs from the float64 reference by {err:.3g}, more than 10x the unfolded error {base:.3g}; nothing written', file=sys.stderr)
+            print(f'fasterbn: error: folded output differs from the float64 reference by {err:.3g}, '
+                  f'more than 10x the unfolded error {base:.3g}; nothing written', file=sys.stderr)
             return 1
     if args.bench:
         times = interleaved_times({'original': ld.model, 'folded': folded}, (x,), repeats=args.repeats)
-        a, b = statistics.median(times['original']), statistics.median(times['folded'])
-        console.print(f'latency (median, input {tuple(shape)}, {torch.get_num_threads()} threads): original {a*1e3:.2f} ms, '
-                      f'folded {b*1e3:.2f} ms, ratio folded/original {latency_ratio(times["folded"], times["original"]):.2f}', highlight=False, soft_wrap=True)
+        console.print(latency_line(times, shape), highlight=False, soft_wrap=True)
     what = save_folded(ld, folded, folder.report, args.out)
     console.print(escape(f'wrote {args.out}: {what}'), highlight=False, soft_wrap=True)
-    return status
+    return 0
 
 # %% ../nbs/11_cli.ipynb #ae103230
+_BENCH_VALUE_OPTIONS = {'--repeats', '--fold-repeats', '--batch-sizes', '--out-dir', '--out', '--plot'}   # bench options that take a value
+
+def bench_needs(argv: list[str], # the arguments of `fasterbn bench`
+               ) -> list[str]: # the modules that run imports
+    "What `fasterbn bench ARGV` will import, so that a missing one stops it before a run of minutes, not after."
+    if {'-h', '--help'} & set(argv): return []
+    models = [a for i, a in enumerate(argv) if not a.startswith('-') and (i == 0 or argv[i - 1] not in _BENCH_VALUE_OPTIONS)]
+    needs = ['torchvision'] + ['matplotlib'] * ('--no-write' not in argv)   # the models; the figure
+    if any(m.startswith('fastai_') for m in models) or not (models or {'--quick', '--fold-only'} & set(argv)): needs.append('fastai')
+    return needs
+
 def _bench_cmd(argv: list[str], console: Console) -> int:
+    if missing := _missing(*bench_needs(argv)): raise _needs('fasterbn bench', missing, 'bench')
     try: from fasterbn.bench import bench_main
-    except ImportError as e: raise CLIError(f'the benchmark is not available ({e}): it lives in fasterbn.bench, from nbs/13_benchmark.ipynb') from None
+    except ImportError as e: raise CLIError(f'the benchmark is not available ({e})') from None
     return bench_main(argv, prog='fasterbn bench')
 
 def _demo_cmd(args, console: Console) -> int:
-    try:
-        from fasterbn.callback import _quiet_fastai_import   # fastai's own deprecation warning, on torch >= 2.10: not the user's to see
-        with _quiet_fastai_import(): from fasterbn.demo import run_demo
-    except ImportError as e: raise CLIError(f'the demo is not available ({e}): it lives in fasterbn.demo, from nbs/12_demo.ipynb') from None
-    run_demo()
+    if missing := _missing('fastai', 'sklearn', 'matplotlib'): raise _needs('fasterbn demo', missing, 'fastai')
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai's, on torch >= 2.10
+        try: from fasterbn.demo import run_demo
+        except ImportError as e: raise CLIError(f'the demo is not available ({e})') from None
+    run_demo(epochs=args.epochs, out_dir=args.out_dir, seed=args.seed)
     return 0
 
 # %% ../nbs/11_cli.ipynb #5b50fb6e
@@ -349,5 +450,4 @@ def main(argv: list[str]|None=None, # arguments without the program name (defaul
         print('fasterbn: interrupted', file=sys.stderr); return 130
     except Exception as e:
         if os.environ.get('FASTERBN_DEBUG'): raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        print(f'fasterbn: error: {type(e).__name__}: {msg[:300]} (set FASTERBN_DEBUG=1 for the traceback)', file=sys.stderr); return 1
+        print(f'fasterbn: error: {type(e).__name__}: {_first_line(e)} (set FASTERBN_DEBUG=1 for the traceback)', file=sys.stderr); return 1

@@ -1,4 +1,4 @@
-"""`run_demo()` (also `fasterbn demo` and `make demo`) trains a small BatchNorm CNN on scikit-learn's digits, folds it with `BNFoldCallback`, and shows that it scores the same and runs faster.
+"""`fasterbn demo` trains a small BatchNorm CNN on scikit-learn's digits, folds it with `BNFoldCallback`, and shows what changed
 
 Docs: https://fasterbn.github.io/fasterbn/demo.html.md"""
 

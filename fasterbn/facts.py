@@ -17,8 +17,7 @@ from .trace import Trace, preserved, has_forward_hooks, global_forward_hooks
 from .ops import functional_layer, functional_pads
 
 # %% auto #0
-__all__ = ['ModelFacts', 'Ranks', 'ShapeRecorder', 'first_line', 'clone_inputs', 'Outside', 'GraphFacts', 'LayerUse',
-           'guard_depends_on_values', 'Recorder']
+__all__ = ['ModelFacts', 'Ranks', 'Outside', 'GraphFacts', 'LayerUse', 'Recorder']
 
 # %% ../nbs/03_facts.ipynb #9c726464
 @dataclass
@@ -86,7 +85,8 @@ def _filled(cell) -> bool:
 class Ranks:
     """Ranks proven from the graph alone, for every input the model accepts. Ops that keep rank tie their input and output
     into one class (union-find); a class knows the set of ranks every op in it admits; relations (+1, like, max) run to a fixpoint."""
-    def __init__(self, facts: GraphFacts):
+    def __init__(self, facts, # the facts of the traced root (a `GraphFacts`, defined below)
+                ):
         self.parent, self.allowed, rel = {}, {}, []
         for n in facts.nodes:
             if facts.reshaped_in_place(n):
@@ -176,7 +176,7 @@ class Ranks:
             return self._limit(n, {r - (end % r - start % r)})
         return False
 
-# %% ../nbs/03_facts.ipynb #75148ddc
+# %% ../nbs/03_facts.ipynb #de9741cd
 _RESHAPING_IN_PLACE = {'transpose_', 't_', 'unsqueeze_', 'squeeze_', 'resize_', 'resize_as_', 'as_strided_', 'set_', 'swapdims_',
                        'swapaxes_', 'flatten_'}   # ops that change a tensor's shape, not only its values
 
@@ -199,6 +199,7 @@ def clone_inputs(inputs: tuple|None) -> tuple|None:
         return None
     return tuple(x.detach().clone() if isinstance(x, Tensor) else x for x in inputs)
 
+# %% ../nbs/03_facts.ipynb #75148ddc
 def _qual(prefix: str, name: str) -> str: return f'{prefix}{name}' if name else prefix.rstrip('.')
 
 @dataclass
@@ -299,6 +300,7 @@ class LayerUse:
     node: fx.Node       # the node that applies it
     functional: bool    # True for `F.conv*d`/`F.linear` on its weight (its class redefines forward)
 
+# %% ../nbs/03_facts.ipynb #6924007b
 @patch_to(GraphFacts)
 def layer_at(self, n: fx.Node) -> LayerUse|None:
     "The layer node `n` applies (a Conv/Linear module call, or a functional call on a module's own weight), or None."
@@ -315,7 +317,7 @@ def layer_pads(self, use: LayerUse):
         return functional_pads(use.node, use.module)
     return self.rules.layer_kind(use.module).pads(use.module)
 
-# %% ../nbs/03_facts.ipynb #04aaab3d
+# %% ../nbs/03_facts.ipynb #b762c728
 @patch_to(GraphFacts)
 def _memory(self) -> tuple:
     "Alias classes (node -> root) and, per class, the writes to it in graph order; classes whose shape an op changes in place."
@@ -391,7 +393,7 @@ def _node_args(n: fx.Node) -> list[fx.Node]:
     from torch.utils._pytree import tree_flatten
     return [a for a in tree_flatten((n.args, n.kwargs))[0] if isinstance(a, fx.Node)]
 
-# %% ../nbs/03_facts.ipynb #ec6ae4ec
+# %% ../nbs/03_facts.ipynb #8feffd26
 @patch_to(GraphFacts)
 def rank_rule(self, n: fx.Node) -> tuple:
     "What `n` does to ranks (a rank rule, see the table), and the input ranks at which it runs (None: unknown)."
@@ -520,7 +522,7 @@ def missing(self, what: str) -> tuple[str, str]:
         return 'needs-example-inputs', f'{what}: pass example_inputs'
     return 'channels', what + (f' (example_inputs failed: {self.shapes_error})' if self.shapes_error else '')
 
-# %% ../nbs/03_facts.ipynb #d2f19081
+# %% ../nbs/03_facts.ipynb #4965f223
 _SHAPE_QUERIES = ('shape', 'dtype', 'device', 'ndim', 'is_cuda', 'layout')
 
 def guard_depends_on_values(guard) -> bool:
@@ -552,7 +554,7 @@ def guards_over(self, locals_: list[str]) -> list:
             out.append(g)
     return out
 
-# %% ../nbs/03_facts.ipynb #4b9ac836
+# %% ../nbs/03_facts.ipynb #97a46fbe
 _TENSOR_ATTRS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 @patch_to(GraphFacts)
@@ -653,7 +655,7 @@ def outside_problem(self, local: str, calls: int) -> Reason|None:
                                      f'the rest come from `{blind}` or another caller, which no graph shows')
     return None
 
-# %% ../nbs/03_facts.ipynb #68010158
+# %% ../nbs/03_facts.ipynb #04aaab3d
 class Recorder:
     "One run of the whole model on example_inputs: each module's calls and first inputs (args, kwargs), and tensors read outside their module's forward."
     def __init__(self, model: nn.Module, example_inputs: tuple):

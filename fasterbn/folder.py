@@ -25,8 +25,7 @@ from .report import FoldReport, FoldRow, report_rows, scripted_bn
 from .guard import guards_for
 
 # %% auto #0
-__all__ = ['randomize_bn', 'unwrap', 'as_inputs', 'Plan', 'plan_model', 'magnitude_problem', 'merged_affine', 'compute_updates',
-           'bn_replacement', 'apply_folds', 'undo_folds', 'BN_Folder', 'interleaved_times', 'latency_ratio']
+__all__ = ['randomize_bn', 'unwrap', 'bn_replacement', 'BN_Folder', 'interleaved_times', 'latency_ratio']
 
 # %% ../nbs/09_folder.ipynb #e6286f85
 @torch.no_grad()
@@ -49,13 +48,14 @@ def randomize_bn(model: nn.Module, # every BatchNorm in it gets new statistics a
             m.bias.copy_((torch.randn(c, generator=g) * .5).to(like))
     return model
 
-# %% ../nbs/09_folder.ipynb #f63cbf62
+# %% ../nbs/09_folder.ipynb #72ff15e4
 def _needs_own_trace(m: nn.Module, rules: Rules) -> bool:
     "Does `m` hold a BatchNorm below it that only a trace rooted at `m` can reach?"
     if rules.is_batchnorm(m) or is_fold_layer(m):
         return False
     return any(rules.is_batchnorm(x) or scripted_bn(x) for x in m.modules())
 
+# %% ../nbs/09_folder.ipynb #f63cbf62
 def unwrap(model: nn.Module) -> nn.Module:
     "The module inside `DataParallel`, `DistributedDataParallel` and `torch.compile` wrappers."
     while True:
@@ -66,6 +66,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         else:
             return model
 
+# %% ../nbs/09_folder.ipynb #4e61b50e
 def as_inputs(example_inputs) -> tuple|None:
     "`example_inputs` as a tuple of positional inputs, or a clear error."
     if example_inputs is None or isinstance(example_inputs, tuple):
@@ -178,7 +179,7 @@ def _value_traced(root: nn.Module, call: tuple|None, rules: Rules, recorder) -> 
             return None   # the traced path is not the one eager mode took (or the module is also called from elsewhere)
     return traced
 
-# %% ../nbs/09_folder.ipynb #1a952b18
+# %% ../nbs/09_folder.ipynb #7648b089
 def _side_vectors(parts: list, n: int) -> tuple:
     "Per-channel (s, t) over `n` channels of one side of a layer, identity where no part acts."
     if len(parts) == 1 and bool((parts[0][0].channel_map >= 0).all()):   # the usual case: one BatchNorm covers the side
@@ -277,7 +278,7 @@ def compute_updates(model: nn.Module, # the unfolded model
             updates[rep.bn] = merged_affine(mods[rep.bn], rep.affine)
     return updates
 
-# %% ../nbs/09_folder.ipynb #f63aa0c2
+# %% ../nbs/09_folder.ipynb #1a952b18
 _PLAIN_ATTRS = ('num_features', 'eps', 'momentum', 'affine', 'track_running_stats')
 
 def bn_replacement(bn: nn.Module, # a BatchNorm fasterbn knows
@@ -294,6 +295,7 @@ def bn_replacement(bn: nn.Module, # a BatchNorm fasterbn knows
             setattr(new, a, getattr(bn, a))
     return new
 
+# %% ../nbs/09_folder.ipynb #20ad926c
 def _places(model: nn.Module) -> dict:
     "id(module) -> (parent, attribute) of every place in `model` that registers it."
     places = defaultdict(list)
@@ -343,7 +345,7 @@ def undo_folds(journal: list):
         else:
             setattr(module, attr, old)
 
-# %% ../nbs/09_folder.ipynb #c135bddd
+# %% ../nbs/09_folder.ipynb #f63aa0c2
 @contextmanager
 def _collector_paused():
     "Pause Python's cyclic garbage collector: a fold allocates many small objects (graph nodes, copied modules), and its passes cost a quarter of the time."
@@ -433,7 +435,7 @@ class BN_Folder:
             print(self.report)
         return work
 
-# %% ../nbs/09_folder.ipynb #151aee38
+# %% ../nbs/09_folder.ipynb #c135bddd
 @torch.inference_mode()
 def interleaved_times(models: dict, # name -> model, all taking `inputs`
                       inputs: tuple, # the inputs of one forward call

@@ -13,7 +13,7 @@ from .facts import ShapeRecorder, first_line
 from .check import signature, functional_calls
 
 # %% auto #0
-__all__ = ['FoldGuardError', 'input_signature', 'same_graph', 'FoldGuard', 'guards_for']
+__all__ = ['FoldGuardError', 'input_signature', 'FoldGuard']
 
 # %% ../nbs/06_guard.ipynb #74327a5e
 class FoldGuardError(RuntimeError):
@@ -42,6 +42,7 @@ def _tracing(args: tuple, kwargs: dict) -> bool:
     from torch.utils._pytree import tree_flatten
     return any(isinstance(t, FakeTensor) or (isinstance(t, Tensor) and t.is_meta) for t in tree_flatten((args, kwargs))[0])
 
+# %% ../nbs/06_guard.ipynb #9b34231b
 def same_graph(a: list, b: list, strict: set) -> bool:
     "Are two graph signatures the same, except for numeric constants (padding amounts, sizes) at positions not in `strict`?"
     if len(a) != len(b):
@@ -141,7 +142,7 @@ def _shapes(t, module: nn.Module, args: tuple, kwargs: dict) -> dict|None:
         return None
     return {i: rec.shapes[n] for i, n in enumerate(positions) if n in rec.shapes}
 
-# %% ../nbs/06_guard.ipynb #863a894c
+# %% ../nbs/06_guard.ipynb #31739d93
 def guards_for(plan_roots: dict, # root name -> (its `Trace`, its inputs (args, kwargs))
                decisions: list, # the final decisions
                work: nn.Module, # the folded model

@@ -525,9 +525,9 @@ def functional_layer(n: fx.Node, # a node of a traced root
     if n.op != 'call_function' or n.target not in FUNCTIONAL_LAYERS:
         return None
     w = arg(n, 1, 'weight')
-    if not (isinstance(w, fx.Node) and w.op == 'get_attr' and w.target.endswith('.weight')):
+    if not (isinstance(w, fx.Node) and w.op == 'get_attr' and (w.target == 'weight' or w.target.endswith('.weight'))):
         return None
-    local = w.target[:-len('.weight')]
+    local = w.target[:-len('.weight')].rstrip('.')   # '' when the traced root is the layer itself
     m = modules.get(local)
     dims = FUNCTIONAL_LAYERS[n.target]
     if isinstance(m, nn.Linear) and dims == 0:

@@ -19,8 +19,7 @@ from .facts import GraphFacts, LayerUse, guard_depends_on_values
 from .ops import add_sign, arg
 
 # %% auto #0
-__all__ = ['Part', 'Assumption', 'Decision', 'Evidence', 'bn_map', 'plain_output', 'bn_problem', 'layer_problem', 'Planner',
-           'centred']
+__all__ = ['Part', 'Assumption', 'Decision', 'Evidence', 'bn_problem', 'layer_problem', 'Planner']
 
 # %% ../nbs/05_plan.ipynb #696993b4
 @dataclass
@@ -82,7 +81,7 @@ class Evidence:
     unknown_rank = GraphFacts.unknown_rank
     missing = GraphFacts.missing
 
-# %% ../nbs/05_plan.ipynb #b039af79
+# %% ../nbs/05_plan.ipynb #dc7711a2
 def bn_map(bn: nn.Module, rules) -> tuple:
     "The float64 per-channel (scale, shift) of a BatchNorm of a known kind: from its statistics, or from what its forward computes ((None, None): it can't tell)."
     kind = rules.batchnorm_kind(bn)
@@ -97,6 +96,7 @@ def plain_output(bn: nn.Module, rules) -> bool:
     mods = list(stays) if type(stays) is nn.Sequential else [stays]
     return all(type(m) is nn.Identity or rules.is_identity_module(m) for m in mods)
 
+# %% ../nbs/05_plan.ipynb #b039af79
 def bn_problem(bn: nn.Module, # the BatchNorm
                node: fx.Node, # its call in the graph
                facts: GraphFacts, # facts about the graph
@@ -142,9 +142,6 @@ def layer_problem(use: LayerUse, # the layer, as the graph applies it
     if parametrize.is_parametrized(layer):
         return Reason('parametrized', f'{what} has a parametrization (weight_norm, a pruning mask...)')
     return facts.use_problem(layer, use.local, replaced=False, via=use.node if use.functional else None)
-
-def _torch_name(m: nn.Module) -> str:
-    return next(c for c in type(m).__mro__ if c.__module__.startswith('torch.')).__name__
 
 # %% ../nbs/05_plan.ipynb #205a07ec
 class Planner:
@@ -201,7 +198,7 @@ class _Merged:
 
 _MERGED = _Merged()
 
-# %% ../nbs/05_plan.ipynb #1f4f9f52
+# %% ../nbs/05_plan.ipynb #751dfce9
 def _flow_at_bn(node: fx.Node, bn: nn.Module, ev) -> Flow:
     "The flow at a BatchNorm: its channels on dim 1, where its kind is the affine map at the rank it sees."
     kind, x = ev.rules.batchnorm_kind(bn), node.args[0]
@@ -266,7 +263,7 @@ def take_in(self, use: LayerUse, x: fx.Node, flow: Flow, t: Tensor, ev) -> Part:
         refuse('padding', f'`{name}` pads with zeros, so its border outputs would see 0 instead of the BatchNorm\'s shift')
     return Part(name, Side.IN, cmap)
 
-# %% ../nbs/05_plan.ipynb #a6ffbba9
+# %% ../nbs/05_plan.ipynb #1f4f9f52
 @patch_to(Planner)
 def forward(self, node: fx.Node) -> Decision:
     "A forward fold of the BatchNorm `node` calls into the layers that produce its input, through the table's ops; refuses otherwise."
@@ -332,7 +329,7 @@ def backward(self, node: fx.Node) -> Decision:
     return Decision(ev.qual(node.target), parts, Direction.BACKWARD, ', '.join(dict.fromkeys(via)), assumptions=ev.assumed,
                     nodes=[node, *seen])
 
-# %% ../nbs/05_plan.ipynb #c4351575
+# %% ../nbs/05_plan.ipynb #9f00ba7a
 def centred(use: LayerUse, rules) -> bool:
     "Does output pixel p of the conv read input pixel p at its kernel's centre (stride 1, odd kernel, 'same' padding)?"
     conv = use.module
@@ -473,7 +470,7 @@ def branch_into(self, node: fx.Node, x: fx.Node, sibling: tuple, sign: int, flow
     return Decision(ev.qual(node.target), [Part(name, Side.BRANCH, flow.cmap, True, sign)], Direction.BRANCH,
                     'add' if sign > 0 else 'sub', assumptions=ev.assumed, nodes=[node, n, *node.users])
 
-# %% ../nbs/05_plan.ipynb #a078d4c9
+# %% ../nbs/05_plan.ipynb #c1789866
 @patch_to(Planner)
 def merge_chains(self, nodes: list, problems: dict):
     "BatchNorm -> BatchNorm: the second folds into the first (two affine maps compose into one), kept in the planner's state."
@@ -501,7 +498,7 @@ def merge_chains(self, nodes: list, problems: dict):
         self.merged[node] = rep
         self.affines[rep] = (s2 * s1, s2 * t1 + t2)
 
-# %% ../nbs/05_plan.ipynb #4a2285de
+# %% ../nbs/05_plan.ipynb #a6ffbba9
 _STRUCTURAL = ('nonlinear', 'no-layer', 'shared-output')
 
 def _combine(fwd: Reason, bwd: Reason|None) -> Reason:
@@ -565,6 +562,7 @@ def plan(self) -> list[Decision]:
             self.rest_on_path(decided[n])
     return [decided[n] for n in nodes]
 
+# %% ../nbs/05_plan.ipynb #a5835293
 @patch_to(Planner)
 def rest_on_path(self, d: Decision):
     "Note the path a fold rests on, or refuse it where the path depends on the input's values (no check can key it by shape)."

@@ -12,7 +12,7 @@ import torch, torch.nn as nn
 from .rules import REASON_KINDS, Rules
 
 # %% auto #0
-__all__ = ['FoldRow', 'FoldReport', 'scripted_bn', 'report_rows']
+__all__ = ['FoldRow', 'FoldReport']
 
 # %% ../nbs/08_report.ipynb #8b16e792
 @dataclass
@@ -92,7 +92,7 @@ class FoldReport:
         return '\n'.join([f'**{self.summary()}**\n', '| BatchNorm | folded | into | direction | via | kind | reason, or what it rests on |',
                           '|---|---|---|---|---|---|---|', *rows, '', *todo, *extra])
 
-# %% ../nbs/08_report.ipynb #771d5de6
+# %% ../nbs/08_report.ipynb #37f8e515
 def scripted_bn(m: nn.Module) -> bool:
     "Is `m` a BatchNorm inside a `torch.jit.script`ed module (where it is a ScriptModule that remembers its class name)?"
     return isinstance(m, torch.jit.ScriptModule) and 'BatchNorm' in getattr(m, 'original_name', '')

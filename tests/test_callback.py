@@ -1,5 +1,5 @@
 "Edge cases of `BNFoldCallback` and `Learner.fold_bn` that the tutorial notebook does not show."
-import warnings, pytest
+import copy, warnings, pytest
 import torch, torch.nn as nn
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
@@ -158,3 +158,134 @@ def test_tabular_one_continuous_column():
     learn.model = snapshot['model']
     with learn.no_bar(): before = learn.get_preds()[0]
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+# ---- what the callback says, the report over several folds, `fine_tune` and `load` without stack walking or instance patches ----
+
+def test_one_line_summary(capsys):
+    "After a fit that folds, one line through `learn.logger` says what was folded; `quiet=True` and `no_logging()` silence it."
+    learn = Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), cbs=BNFoldCallback())
+    with learn.no_bar(): learn.fit(1, 1e-2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == 'BNFoldCallback: folded 1 of 1 BatchNorm layer into their neighbours; learn.fold_report has the details', lines
+    assert sum('BNFoldCallback' in l for l in lines) == 1
+    learn = _fit(Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), cbs=BNFoldCallback()))   # inside no_logging
+    assert 'BNFoldCallback' not in capsys.readouterr().out and learn.fold_report.n_folded == 1
+    learn = Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), cbs=BNFoldCallback(quiet=True))
+    with learn.no_bar(): learn.fit(1, 1e-2)
+    assert 'BNFoldCallback' not in capsys.readouterr().out and learn.fold_report.n_folded == 1
+
+def test_summary_says_how_many_stay(capsys):
+    "A BatchNorm that cannot be folded (between two ReLUs): the line says how many stay."
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 2))
+    learn = Learner(_dls(), model, loss_func=nn.CrossEntropyLoss(), cbs=BNFoldCallback())
+    with learn.no_bar(): learn.fit(1, 1e-2)
+    report = learn.fold_report
+    assert report.n_not_folded >= 1
+    assert capsys.readouterr().out.splitlines()[-1] == (f'BNFoldCallback: folded {report.n_folded} of {len(report)} BatchNorm layers into their '
+                                                         f'neighbours; learn.fold_report says why {report.n_not_folded} stays')
+
+def test_second_fold_keeps_the_first_in_the_report():
+    "The callback folds; a later `fold_bn()` finds nothing left, and the report it returns still shows what was folded."
+    learn = _fit(Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), cbs=BNFoldCallback()))
+    report = learn.fold_bn()
+    assert report is learn.fold_report
+    assert (report.n_folded, report.n_not_folded, report['1'].into) == (1, 0, '0')
+    assert report.notes[-1].startswith('2 folds of this model')
+
+def test_report_over_two_folds_of_one_model():
+    "Forward-only first, then forward and backward: the report has each BatchNorm once, from the fold that folded it."
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 2))
+    learn = Learner(_dls(), model, loss_func=nn.CrossEntropyLoss())
+    first = learn.fold_bn(backward=False)
+    assert (first.n_folded, first.n_not_folded) == (1, 1)
+    both = learn.fold_bn(backward=True)
+    assert [(r.bn, r.folded, r.direction) for r in both.rows] == [('1', True, 'forward'), ('3', True, 'backward')]
+
+def test_replaced_model_starts_a_new_report():
+    learn = _fit(Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), cbs=BNFoldCallback()))
+    learn.model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    report = learn.fold_bn()
+    assert report.n_folded == 1 and not report.notes
+
+def test_no_stack_walking_no_instance_patching(tmp_path):
+    "The callback finds `fine_tune` and reloads checkpoints with class-level `@patch`es only (issue 15)."
+    import inspect, fasterbn.callback
+    from fastai.torch_core import get_model
+    src = inspect.getsource(fasterbn.callback)
+    assert '_getframe' not in src and 'f_back' not in src
+    learn = _fit(Learner(_dls(), _model(), loss_func=nn.CrossEntropyLoss(), path=tmp_path, cbs=BNFoldCallback()))
+    learn.save('folded', with_opt=False)
+    learn.load('folded', with_opt=False)
+    assert 'load_state_dict' not in vars(get_model(learn.model))
+
+def _branch():
+    class Branch(nn.Module):
+        def __init__(self): super().__init__(); self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        def forward(self, x): return self.conv(x) + self.bn(x)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), Branch(), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 2))
+
+KINDS = {   # one model per kind of fold; what the report must say
+    'forward': (lambda: nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 2)),
+                {'1': 'forward'}),
+    'backward': (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(),
+                                       nn.Flatten(), nn.Linear(8 * 36, 2)), {'2': 'backward'}),
+    'branch': (_branch, {'2.bn': 'branch'}),
+    'merge': (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8, affine=False), nn.BatchNorm2d(8), nn.ReLU(),   # issue 14, defect 6
+                                    nn.Flatten(), nn.Linear(8 * 36, 2)), {'3': 'forward'}),
+}
+
+@pytest.mark.parametrize('kind', list(KINDS))
+@pytest.mark.parametrize('with_opt', [False, True])
+def test_load_pre_fold_checkpoint_after_each_kind_of_fold(kind, with_opt, tmp_path):
+    """`learn.load` of a checkpoint saved before the fold, after a forward, backward, identity-branch or BatchNorm -> BatchNorm fold:
+    loaded into the unfolded model and folded again, so the model computes what folding that checkpoint gives."""
+    from fastai.callback.tracker import SaveModelCallback
+    make, expect = KINDS[kind]
+    torch.manual_seed(0)
+    learn = Learner(_dls(), make(), loss_func=nn.CrossEntropyLoss(), path=tmp_path, cbs=[SaveModelCallback(fname='best', with_opt=with_opt), BNFoldCallback()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+    assert {r.bn: r.direction for r in learn.fold_report.folded} == expect, learn.fold_report
+    xb = _dls().valid.one_batch()[0]
+    reference, state = make(), torch.load(tmp_path/'models'/'best.pth', weights_only=False)   # our own file
+    reference.load_state_dict(state['model'] if with_opt else state)   # the unfolded model computes what its fold does
+    reference.eval()
+    with torch.no_grad(): want = reference(xb)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # fastai: "Saved file doesn't contain an optimizer state"
+        learn.load('best', with_opt=with_opt)
+    assert {r.bn: r.direction for r in learn.fold_report.folded} == expect
+    assert not learn.fold_report.notes or not learn.fold_report.notes[-1].startswith('2 folds'), 'the reload is one fresh fold'
+    with torch.no_grad(): torch.testing.assert_close(learn.model.eval()(xb), want, rtol=1e-4, atol=1e-5)
+    learn.load('best', with_opt=False)   # and again: the kept copies serve every load
+    with torch.no_grad(): torch.testing.assert_close(learn.model.eval()(xb), want, rtol=1e-4, atol=1e-5)
+
+def test_load_pre_fold_checkpoint_after_two_folds(tmp_path):
+    "Two folds of one model (forward only, then backward): a checkpoint from before both loads, and is folded both ways."
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 2))
+    learn = _fit(Learner(_dls(), model, loss_func=nn.CrossEntropyLoss(), path=tmp_path))
+    learn.save('before', with_opt=False)
+    unfolded = copy.deepcopy(learn.model).eval()
+    learn.fold_bn(backward=False); learn.fold_bn(backward=True)
+    learn.load('before', with_opt=False)
+    assert learn.fold_report.n_folded == 2 and not any(isinstance(m, nn.BatchNorm2d) for m in learn.model.modules())
+    xb = _dls().valid.one_batch()[0]
+    with torch.no_grad(): torch.testing.assert_close(learn.model.eval()(xb), unfolded(xb), rtol=1e-4, atol=1e-5)
+
+def test_readme_fastai_example_line(capsys):
+    "The README's fastai example: a `vision_learner` on resnet18 folds all 22 BatchNorms, and prints the line the README shows."
+    import re
+    from pathlib import Path
+    from fastai.vision.learner import vision_learner
+    from torchvision.models import resnet18
+    import fastai.callback.schedule
+    readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
+    shown = re.search(r'^(BNFoldCallback: folded .*)$', readme, re.M).group(1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 64, 64, generator=g), torch.randint(0, 2, (32,), generator=g)
+    dls = DataLoaders(DataLoader(list(zip(x[:24], y[:24])), bs=8, shuffle=True), DataLoader(list(zip(x[24:], y[24:])), bs=8))
+    learn = vision_learner(dls, resnet18, n_out=2, pretrained=False, normalize=False, loss_func=nn.CrossEntropyLoss())
+    with learn.no_bar(): learn.fit_one_cycle(1, 1e-3, cbs=BNFoldCallback())
+    assert capsys.readouterr().out.splitlines()[-1] == shown

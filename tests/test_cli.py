@@ -1,5 +1,5 @@
 "The `fasterbn` command's error paths: one line on stderr, a non-zero status, never a traceback; and the fastai export round trip."
-import contextlib, io, os, shutil, subprocess, sys
+import contextlib, io, os, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch, torch.nn as nn
 from fasterbn.cli import main, load_folded
@@ -270,7 +270,147 @@ def test_folded_file_keeps_identity_branches_and_merged_batchnorms(tmp_path):
     assert 'not folded: 0' in out and 'branch' in out
     model = load_folded(tmp_path/'r.pt')
     from fasterbn.cli import build_arch
-    torch.manual_seed(0); orig, _ = build_arch('timm:repvgg_a0')   # as the CLI builds it (--seed 0)
+    torch.manual_seed(0); orig = build_arch('timm:repvgg_a0')[0]   # as the CLI builds it (--seed 0)
     randomize_bn(orig, seed=0)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad(): torch.testing.assert_close(model(x), orig.eval()(x), rtol=1e-4, atol=1e-4 * float(orig(x).abs().max()))
+
+
+# ---- pretrained weights from the usual caches (nothing is downloaded: each test puts a checkpoint where the cache is) ----
+
+def _no_download(url, *a, **k): raise RuntimeError(f'download of {url} blocked: the tests read caches only')
+
+@pytest.fixture
+def torch_hub(tmp_path, monkeypatch):
+    "A torch hub cache in a temporary TORCH_HOME, holding 'ResNet18_Weights.IMAGENET1K_V1' (random weights standing for the real ones)."
+    import torchvision
+    w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    ckpt = tmp_path/'torch_home'/'hub'/'checkpoints'/Path(w.url).name   # where torch.hub looks for it
+    ckpt.parent.mkdir(parents=True)
+    trained = randomize_bn(torchvision.models.resnet18(weights=None), seed=3).eval()
+    torch.save(trained.state_dict(), ckpt)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch_home'))
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', _no_download)
+    return trained
+
+def test_torchvision_weights_by_name(torch_hub, tmp_path):
+    "`fasterbn fold resnet18 --weights IMAGENET1K_V1` folds the cached weights (their own BatchNorm statistics, not random ones)."
+    rc, out, err = run('fold', 'resnet18', '--weights', 'IMAGENET1K_V1', '-o', tmp_path/'f.pt', '--input-shape', '1,3,32,32', '--verify')
+    assert rc == 0, err
+    assert 'torchvision resnet18, pretrained weights ResNet18_Weights.IMAGENET1K_V1' in out and 'randomized' not in out
+    assert torch.load(tmp_path/'f.pt', weights_only=True)['weights'] == 'ResNet18_Weights.IMAGENET1K_V1'
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(): torch.testing.assert_close(load_folded(tmp_path/'f.pt')(x), torch_hub(x), rtol=1e-4, atol=1e-4)
+    rc, out, err = run('fold', 'resnet18', '--weights', 'ResNet18_Weights.DEFAULT', '-o', tmp_path/'g.pt', '--input-shape', '1,3,32,32')
+    assert rc == 0, err   # the enum's full name, and DEFAULT (the same file)
+
+def test_weights_not_cached_nor_downloadable(torch_hub, tmp_path):
+    "Weights that are not in the cache are downloaded; when that fails, one line says where the cache is."
+    rc, out, err = run('fold', 'mobilenet_v2', '--weights', 'IMAGENET1K_V1', '-o', tmp_path/'m.pt', '--input-shape', '1,3,32,32')
+    assert_one_line_error(rc, err, 'cannot get the MobileNet_V2_Weights.IMAGENET1K_V1 weights of mobilenet_v2')
+    assert str(tmp_path/'torch_home'/'hub'/'checkpoints') in err and 'download of' in err
+    assert not (tmp_path/'m.pt').exists()
+
+@pytest.mark.parametrize('argv, expect', [
+    (['fold', 'resnet18', '--weights', 'IMAGENET'], 'torchvision has no such weights for resnet18; it has IMAGENET1K_V1, DEFAULT'),
+    (['fold', 'efficientnet_b0.no_such_tag'], 'timm has no pretrained weights efficientnet_b0.no_such_tag; it has '),
+    (['fold', 'efficientnet_b0.ra_in1k', '--weights', 'ra4_e3600_r224_in1k'], 'names other weights than'),
+])
+def test_unknown_weights(argv, expect, tmp_path, monkeypatch):
+    if 'efficientnet' in argv[1]: pytest.importorskip('timm')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', _no_download)
+    assert_one_line_error(*run(*argv, '-o', tmp_path/'o.pt')[::2], expect)
+
+def test_weights_go_with_a_name(files, tmp_path):
+    assert_one_line_error(*run('fold', files/'r18.pth', '--arch', 'resnet18', '--weights', 'DEFAULT', '-o', tmp_path/'o.pt')[::2],
+                          '--weights goes with an architecture name')
+
+_TIMM_FOLD = """
+import sys
+from fasterbn.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+def _hf_cache(home: Path, model_id: str, state: dict):
+    "A Hugging Face hub cache under `home` (HF_HOME) holding `model_id`'s model.safetensors, as `hf_hub_download` leaves it."
+    import safetensors.torch
+    repo = home/'hub'/f'models--{model_id.replace("/", "--")}'
+    snap = repo/'snapshots'/('0' * 40)
+    snap.mkdir(parents=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(snap/'model.safetensors'))
+    (repo/'refs').mkdir()
+    (repo/'refs'/'main').write_text('0' * 40)
+
+def test_timm_pretrained_tag_from_the_hf_cache(tmp_path):
+    "`fasterbn fold efficientnet_b0.ra_in1k` loads timm's pretrained weights from the Hugging Face cache (HF_HUB_OFFLINE=1: no request)."
+    timm = pytest.importorskip('timm')
+    pytest.importorskip('safetensors')
+    trained = randomize_bn(timm.create_model('efficientnet_b0.ra_in1k', pretrained=False), seed=4).eval()
+    _hf_cache(tmp_path/'hf', 'timm/efficientnet_b0.ra_in1k', trained.state_dict())
+    env = dict(os.environ, HF_HOME=str(tmp_path/'hf'), HF_HUB_OFFLINE='1', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    def fold(*argv):
+        return subprocess.run([sys.executable, '-c', _TIMM_FOLD, 'fold', *map(str, argv), '--input-shape', '1,3,64,64'],
+                              capture_output=True, text=True, env=env, timeout=600)
+    p = fold('efficientnet_b0.ra_in1k', '-o', tmp_path/'e.pt', '--verify')
+    assert p.returncode == 0, p.stderr
+    assert 'timm efficientnet_b0.ra_in1k, pretrained weights' in p.stdout and 'OK, exact to float32 rounding' in p.stdout
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(): torch.testing.assert_close(load_folded(tmp_path/'e.pt')(x), trained(x), rtol=1e-4, atol=1e-4 * float(trained(x).abs().max()))
+    p = fold('efficientnet_b0.ra4_e3600_r224_in1k', '-o', tmp_path/'f.pt')   # a tag that is not in the cache
+    assert p.returncode == 1 and p.stderr.count('\n') == 1, p.stderr
+    assert 'cannot get the pretrained weights of efficientnet_b0.ra4_e3600_r224_in1k from the Hugging Face cache or hub (HF_HUB_OFFLINE=1)' in p.stderr
+
+# ---- what `--bench` prints, what `bench` and `demo` need ----
+
+def test_bench_line_says_what_it_measured(tmp_path):
+    rc, out, err = run('fold', 'resnet18', '-o', tmp_path/'o.pt', '--input-shape', '1,3,32,32', '--bench', '--repeats', '3')
+    assert rc == 0, err
+    line = next(l for l in out.splitlines() if l.startswith('latency'))
+    assert 'median original' in line and 'median folded' in line and 'median of the 3 paired ratios folded/original' in line, line
+
+def test_latency_line_never_contradicts_itself():
+    from fasterbn.cli import latency_line
+    quiet = latency_line({'original': [.050, .049, .051], 'folded': [.046, .045, .047]}, (1, 3, 8, 8))
+    assert '(folded/original 0.92)' in quiet and 'paired ratios folded/original 0.92' in quiet and 'disagree' not in quiet
+    busy = latency_line({'original': [.050, .080, .051], 'folded': [.046, .075, .079]}, (1, 3, 8, 8))
+    assert '(folded/original 1.47)' in busy and 'paired ratios folded/original 0.94' in busy and 'The two ratios disagree' in busy
+
+@pytest.mark.parametrize('argv, needs', [
+    (['--quick'], ['torchvision', 'matplotlib']), (['--fold-only', '--no-write'], ['torchvision']),
+    ([], ['torchvision', 'matplotlib', 'fastai']), (['resnet18', 'fastai_tabular'], ['torchvision', 'matplotlib', 'fastai']),
+    (['--repeats', '3', 'resnet18'], ['torchvision', 'matplotlib']), (['--help'], []),
+])
+def test_bench_needs(argv, needs):
+    from fasterbn.cli import bench_needs
+    assert bench_needs(argv) == needs
+
+def test_bench_extra_carries_what_bench_needs():
+    import tomllib
+    extras = tomllib.loads((Path(__file__).resolve().parents[1]/'pyproject.toml').read_text())['project']['optional-dependencies']
+    names = {re.split(r'[<>=\[ ;]', r)[0] for r in extras['bench']}
+    assert {'torchvision', 'matplotlib', 'fastai'} <= names, names
+    assert {'fastai'} <= {re.split(r'[<>=\[ ;]', r)[0] for r in extras['fastai']}   # `fasterbn demo`: fastai brings scikit-learn, matplotlib
+
+def _without(monkeypatch, *modules):
+    "Make `importlib.util.find_spec` say that `modules` are not installed."
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a, **k: None if name in modules else real(name, *a, **k))
+
+def test_bench_stops_before_starting_when_a_package_is_missing(monkeypatch):
+    _without(monkeypatch, 'matplotlib')
+    monkeypatch.setitem(sys.modules, 'fasterbn.bench', None)   # had the command started the benchmark, the error would differ
+    rc, out, err = run('bench', '--quick')
+    assert_one_line_error(rc, err, 'fasterbn bench needs matplotlib, which is not installed here: pip install "fasterbn[bench]"')
+
+def test_demo_without_fastai_names_the_extra(monkeypatch):
+    _without(monkeypatch, 'fastai', 'sklearn')
+    rc, out, err = run('demo')
+    assert_one_line_error(rc, err, 'fasterbn demo needs fastai and scikit-learn, which are not installed here: pip install "fasterbn[fastai]"')
+
+def test_demo_help_says_what_it_does():
+    rc, out, err = run('demo', '--help')
+    assert rc == 0
+    text = ' '.join(out.split())
+    for words in ('digits', 'BNFoldCallback', 'accuracy, loss, parameters and latency', 'pip install "fasterbn[fastai]"', '--epochs', '--out-dir'):
+        assert words in text, words

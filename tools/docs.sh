@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the docs site into _docs/ and README.md without Quarto (see ../shared/nbdev-toolchain.md, A7):
+# Builds the docs site into _docs/ and README.md without Quarto (which cannot be installed offline), from the same notebooks:
 #   nbdev-proc-nbs   nbdev's own processing (show_doc, links, directives) of nbs/ into _proc/, as `nbdev-docs` does,
-#                    through tools/proc_nbs.py, which keeps the doc blocks of one cell in source order
+#                    through tools/proc_nbs.py, which keeps the doc blocks of one cell in source order, shows parameters
+#                    as a table, and lists the tutorials right after the home page
 #   smalldocs        renders that Quarto project into HTML, offline (pure Python, pinned in the dev extra)
 #   then             pages get their nbdev names (00_folder.html -> folder.html, as Quarto's `output-file` would),
 #                    links to the published site become relative so the site reads offline, KaTeX comes from
-#                    tools/katex/ instead of a CDN (maths renders offline), and README.md is written from the
-#                    processed index notebook.
+#                    tools/katex/ instead of a CDN (maths renders offline), the theme's Google Fonts import is
+#                    dropped (the site asks nothing of the network; the system's sans-serif font stands in), and
+#                    README.md is written from the processed index notebook.
 # On a machine with Quarto, `nbdev-docs` builds the published site from the same notebooks, unchanged.
 # Usage: tools/docs.sh [--out DIR] [--no-readme]
 set -euo pipefail
@@ -57,13 +59,15 @@ def fix(text, depth):
         text = re.sub(r'(href="(?:\.\./)*|"href":\s*"|<loc>[^<]*/)' + re.escape(old) + r'(?=[#"<])', lambda m: m.group(1) + new, text)
     return text
 def polish(html):
-    """Figures may use the table of contents' width too (Quarto's `column-page-right`), and link to the image at full size;
-    short cells of right-aligned (number) columns are marked `sd-num`, so that `3.1e-07` never breaks at its minus."""
+    """Short cells of right-aligned (number) columns are marked `sd-num`, so that `3.1e-07` never breaks at its minus; figures
+    link to the image at full size (they fit the text column: see styles.css)."""
     html = re.sub(r'<td style="text-align: ?right;?">(?=[^<\s]{1,16}</td>)', '<td style="text-align:right" class="sd-num">', html)
-    html = re.sub(r'<div class="quarto-figure(?![^"]*column-)', '<div class="column-page-right quarto-figure', html)
     return re.sub(r'<img\b[^>]*\bsrc="(?!data:)([^"]+)"[^>]*\bclass="[^"]*figure-img[^"]*"[^>]*>',
                   lambda m: f'<a class="sd-zoom" href="{m.group(1)}" title="open at full size">{m.group(0)}</a>', html)
 shutil.copytree('tools/katex', site/'site_libs'/'katex', ignore=shutil.ignore_patterns('README.md'))
+for f in site.rglob('*.css'):   # the theme's web fonts: a request that fails offline
+    text = f.read_text()
+    if 'fonts.googleapis.com' in text: f.write_text(re.sub(r'@import\s+url\([\'"]?https://fonts\.googleapis\.com/[^)]*\);?', '', text))
 for f in site.rglob('*'):
     if f.suffix in ('.html', '.json', '.xml'):
         text = fix(f.read_text(), len(f.relative_to(site).parts) - 1)
@@ -71,8 +75,8 @@ for f in site.rglob('*'):
 # smalldocs' warnings, less those about what Quarto-only keys do and links that the renames above resolved
 skip = ('output-file is not read', 'format commonmark is not built', 'keep-md is ignored', 'unknown key format-links')
 for line in Path(sys.argv[2]).read_text().splitlines():
-    m = re.search(r'broken link (\S+)$', line)
-    if any(k in line for k in skip) or (m and (site/m.group(1).split('#')[0]).exists()): continue
+    m = re.search(r'(\S+): broken link (\S+)$', line)   # the link is relative to its page's folder
+    if any(k in line for k in skip) or (m and (site/Path(m.group(1)).parent/m.group(2).split('#')[0]).resolve().exists()): continue
     print(line)
 if out.exists(): shutil.rmtree(out)
 shutil.move(str(site), str(out))
