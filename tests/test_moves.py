@@ -2,7 +2,7 @@
 identity branches into a sibling conv, BatchNorm -> BatchNorm, pooling, one BatchNorm read by several layers, timm's layers, tokens."""
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from fasterbn.folder import BN_Folder, randomize_bn
-from conftest import fold_and_check
+from conftest import fold_and_check, assert_folded, assert_refused
 
 torch.manual_seed(0)
 x4 = torch.randn(2, 4, 9, 9)
@@ -34,24 +34,40 @@ def test_identity_branch_folds_into_a_sibling_conv(kw):
     assert report.n_folded == len(report)
     assert type(folded.identity) is nn.Threshold   # zeros in its place: its map now lives in the sibling conv
 
-def test_identity_branch_refused_when_the_sibling_is_strided_or_off_centre():
-    class Off(nn.Module):
-        def __init__(self, **kw): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 4, 3, **kw), nn.BatchNorm2d(4)
-        def forward(self, x): return self.conv(x) + self.bn(x)
-    for kw in (dict(padding=(1, 0)), dict(padding=2, dilation=1), dict(padding=1, padding_mode='circular', bias=False)):
-        m = init_(Off(**kw))
-        if kw.get('padding') in ((1, 0), 2):   # shapes differ or the centre is not aligned: adding would be wrong
-            with pytest.raises(RuntimeError): m(x4)
-            continue
-        _, report = fold_and_check(m, x4, example=False)
-        assert report['bn'].folded   # circular padding: the centre tap still reads the pixel itself
+class Beside(nn.Module):
+    "conv(x) + bn(x), with any sibling layer (the model must run: its output may broadcast over the BatchNorm's)."
+    def __init__(self, conv, c=4): super().__init__(); self.conv, self.bn = conv, nn.BatchNorm2d(c)
+    def forward(self, x): return self.conv(x) + self.bn(x)
+
+# Each of these models runs, and none has a tap of the sibling that reads exactly the pixel of the output: the identity branch
+# cannot go into it. (padding=(1, 0) or padding=2 alone would make shapes that do not add at all: no model to fold.)
+NOT_CENTRED = {
+    'strided': (lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1), (2, 4, 2, 2)),             # a 1x1 output broadcast over 2x2
+    'strided_same_size_at_w1': (lambda: nn.Conv2d(4, 4, (1, 3), stride=(1, 2), padding=(0, 1)), (2, 4, 5, 1)),  # W=2 broadcasts
+    'off_centre_even_dilated': (lambda: nn.Conv2d(4, 4, 2, dilation=2, padding=1), (2, 4, 9, 9)),   # taps read x[i-1], x[i+1]
+    'valid_whole_input': (lambda: nn.Conv2d(4, 4, 9), (2, 4, 9, 9)),                           # padding='valid': 1x1, broadcast
+    'valid_keyword': (lambda: nn.Conv2d(4, 4, 3, padding='valid'), (2, 4, 3, 3)),
+}
+
+@pytest.mark.parametrize('example', [False, True], ids=['no_example', 'example'])
+@pytest.mark.parametrize('case', list(NOT_CENTRED))
+def test_identity_branch_refused_when_the_sibling_is_strided_or_off_centre(case, example):
+    "Refused by the planner itself (check off). Its kind should be 'branch' (issue 14 defect 7, test_issue14.py); today 'shared-output'."
+    conv, shape = NOT_CENTRED[case]
+    m, x = init_(Beside(conv())), torch.randn(shape)
+    m.eval()(x)   # the model runs
+    assert_refused(m, x, bn='bn', kind=('branch', 'shared-output'), example=example)
+
+def test_identity_branch_with_circular_padding_folds():
+    "Circular padding: the centre tap still reads the pixel itself."
+    m = init_(Beside(nn.Conv2d(4, 4, 3, padding=1, padding_mode='circular', bias=False)))
+    assert_folded(m, x4, into='conv', direction='branch', example=False)
 
 def test_identity_branch_needs_the_same_input():
     class Other(nn.Module):
         def __init__(self): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
         def forward(self, x): return self.conv(torch.relu(x)) + self.bn(x)
-    _, report = fold_and_check(init_(Other()), x4, example=False)
-    assert not report['bn'].folded
+    assert_refused(init_(Other()), x4, bn='bn', kind=('branch', 'shared-output'), example=False)
 
 def test_identity_branch_with_the_timm_repvgg_block():
     timm = pytest.importorskip('timm')
