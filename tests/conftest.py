@@ -138,11 +138,7 @@ def assert_refused(model, *inputs, bn, kind, or_folded=False, **kw):
 
 def n_batchnorms(model): return sum(is_bn(m) for m in model.modules())
 
-# ---- helpers for the soundness tests (additive) ----------------------------------------------------
-def fold_both_ways(model, *inputs, **kw):
-    "`fold_and_check` without and with `example_inputs`; returns the two reports (no_example, example)."
-    return tuple(fold_and_check(model, *inputs, example=example, **kw)[1] for example in (False, True))
-
+# ---- helpers for the soundness tests ---------------------------------------------------------------
 def proxies_in(model):
     "Paths of every torch.fx Proxy left in a module's attributes (directly or inside lists, tuples, dicts, sets)."
     import torch.fx as fx

@@ -111,6 +111,17 @@ def test_add_with_skip_is_refused():
         def forward(self, x): return self.bn(self.a(x) + x)
     assert_refused(M(), x4, bn='bn', kind='shared-output')
 
+@pytest.mark.parametrize('how', ['c+c', 'c-c', 'torch.add(c,c)'])
+def test_add_of_one_value_to_itself_is_refused(how):
+    "bn(c + c): both operands are one conv's output; each would take the scale, one the shift, but it is one layer."
+    class M(nn.Module):
+        def __init__(self): super().__init__(); self.a, self.bn = nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+        def forward(self, x):
+            c = self.a(x)
+            return self.bn(c + c if how == 'c+c' else c - c if how == 'c-c' else torch.add(c, c))
+    assert_refused(M(), x4, bn='bn', kind='shared-output', example=False)
+    assert_refused(M(), x4, bn='bn', kind='shared-output')
+
 def test_cat_repeating_one_tensor():
     class Fwd(nn.Module):
         def __init__(self): super().__init__(); self.a, self.bn = nn.Conv2d(4, 3, 1), nn.BatchNorm2d(6)

@@ -93,6 +93,48 @@ def test_bn_bn_chain_of_three_folds_backward():
     _, report = fold_and_check(m, x4, example=False)
     assert report.n_folded == 3 and report['1'].direction == 'backward', report
 
+# ---- padding between the layer and the BatchNorm --------------------------------------------------------
+class Padded(nn.Module):
+    "conv -> pad -> BN (forward) or BN -> pad -> conv (backward), the pad as a module or as F.pad."
+    def __init__(self, pad, forward=True):
+        super().__init__(); self.pad, self.fwd = pad, forward
+        self.conv, self.bn = (nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5)) if forward else (nn.Conv2d(4, 5, 3), nn.BatchNorm2d(4))
+    def forward(self, x):
+        pad = self.pad if isinstance(self.pad, nn.Module) else (lambda y: F.pad(y, *self.pad))
+        if self.fwd: return self.bn(pad(self.conv(x)))
+        return self.conv(pad(self.bn(torch.relu(x))))
+
+COPYING_PADS = {'reflect': nn.ReflectionPad2d(1), 'replicate': nn.ReplicationPad2d((1, 2, 0, 1)), 'circular': nn.CircularPad2d(1),
+                'F.pad_reflect': ((1, 1, 1, 1), 'reflect'), 'F.pad_replicate': ((2, 0, 0, 1), 'replicate')}
+CONSTANT_PADS = {'zero': nn.ZeroPad2d(1), 'constant': nn.ConstantPad2d(1, 0.5), 'F.pad_zeros': ((1, 1, 1, 1),),
+                 'F.pad_value': ((1, 1), 'constant', -1.)}
+
+@pytest.mark.parametrize('forward', [True, False], ids=['forward', 'backward'])
+@pytest.mark.parametrize('pad', list(COPYING_PADS))
+def test_padding_that_copies_values_commutes(pad, forward):
+    "Reflect, replicate and circular padding copy values within a channel: the BatchNorm's map crosses them, both ways."
+    assert_folded(init_(Padded(COPYING_PADS[pad], forward)), x4, into='conv', direction='forward' if forward else 'backward',
+                  example=False)
+
+@pytest.mark.parametrize('forward', [True, False], ids=['forward', 'backward'])
+@pytest.mark.parametrize('pad', list(CONSTANT_PADS))
+def test_constant_padding_needs_a_map_that_fixes_the_constant(pad, forward):
+    "A constant border would become s * value + t: refused (randomize_bn gives every channel a shift), with the kind 'padding'."
+    assert_refused(init_(Padded(CONSTANT_PADS[pad], forward)), x4, bn='bn', kind='padding', example=False)
+
+def test_zero_padding_with_a_zero_shift_folds():
+    "The map fixes 0 where the shift is 0 (mean 0, beta 0): zero padding then commutes with it."
+    m = init_(Padded(nn.ZeroPad2d(1)))
+    randomize_bn(m); m.bn.running_mean.zero_(); m.bn.bias.data.zero_()
+    assert_folded(m, x4, into='conv', randomize=False, example=False)
+
+def test_padding_the_channel_axis_is_refused():
+    "F.pad with 6 values on a 4-D tensor pads the channels too: refused (the padded channels are not the BatchNorm's)."
+    class PadChannels(nn.Module):
+        def __init__(self): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 5, 3), nn.BatchNorm2d(7)
+        def forward(self, x): return self.bn(F.pad(self.conv(x), (0, 0, 0, 0, 1, 1), mode='constant'))
+    assert_refused(init_(PadChannels()), x4, bn='bn', kind=('rank', 'padding', 'channels'), example=False)
+
 # ---- pooling ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('pool', [nn.AvgPool2d(2), nn.AvgPool2d(3, 2, padding=1, count_include_pad=False), nn.AdaptiveAvgPool2d(2),
                                   nn.MaxPool2d(3, 2, padding=1), nn.AdaptiveMaxPool2d(3)], ids=repr)

@@ -8,7 +8,7 @@ nets, the grammar makes:
     3-D tokens followed by BatchNorm1d, convs applied to unbatched tensors;
   - 1-channel BatchNorms inside `cat`, broadcasting `add`s (size-1 dims, lower-rank operands);
   - parents planned apart from their child (untraceable forward, or hooked child) that reuse the child's layers;
-  - the patterns a planner may learn to fold: identity branches (RepVGG/MobileOne), pooling between a conv and a BN,
+  - the patterns a planner may learn to fold: identity branches (RepVGG/MobileOne), pooling or padding between a conv and a BN,
     BN -> BN chains, one BN read by several layers, timm's BatchNormAct2d/Conv2dSame, BatchNorm1d over tokens;
   - where folds may share an input with other code (issue 14): in-place ops on shared values, in method form (`x.relu_()`,
     `x.add_(1)`, `x[:, :2].mul_(3)`, through `.contiguous()`) and module form (`nn.ReLU(inplace=True)`, a child that clamps
@@ -159,7 +159,7 @@ class InPlace(nn.Module):
         return a + self.other(y)
 
 class RepeatedSum(nn.Module):
-    "An operand repeated in the sum of an identity branch: c + c + bn(x), c - c + bn(x), bn(x) - (c + c), (c + bn(x)) - c."
+    "An operand repeated in a sum: c + c + bn(x), c - c + bn(x), bn(x) - (c + c), (c + bn(x)) - c, bn(c + c)."
     def __init__(self, how, bn, conv): super().__init__(); self.how, self.bn, self.conv = how, bn, conv
     def extra_repr(self): return f'how={self.how}'
     def forward(self, x):
@@ -168,6 +168,7 @@ class RepeatedSum(nn.Module):
         if self.how == 'c-c+bn': return c - c + self.bn(x)
         if self.how == 'bn-(c+c)': return self.bn(x) - (c + c)
         if self.how == 'torch.add(c,c)+bn': return torch.add(c, c) + self.bn(x)
+        if self.how == 'bn(c+c)': return self.bn(c + c)
         return (c + self.bn(x)) - c
 
 class Inspecting(nn.Module):
@@ -373,6 +374,28 @@ def pool_between_block(draw, shape):
     mode = draw(st.sampled_from(['zeros', 'replicate']))
     return nn.Sequential(bn_for(shape), pool, conv_cls(d)(c, out, k, padding=draw(st.integers(0, k // 2)), padding_mode=mode))
 
+class Pad(nn.Module):
+    "F.pad of the spatial dims, by mode (the functional form; the module forms are nn.ZeroPad2d & co.)."
+    def __init__(self, pads, mode, value=0.): super().__init__(); self.pads, self.mode, self.value = pads, mode, value
+    def extra_repr(self): return f'{self.pads}, mode={self.mode}, value={self.value}'
+    def forward(self, x): return F.pad(x, self.pads, self.mode, self.value) if self.mode == 'constant' else F.pad(x, self.pads, self.mode)
+
+@st.composite
+def pad_between_block(draw, shape):
+    "conv -> pad -> BN, or BN -> pad -> conv: constant padding (zeros or a value; module or F.pad), or padding that copies values."
+    c, d = shape[1], len(shape) - 2
+    mode = draw(st.sampled_from(['zeros', 'constant', 'reflect', 'replicate', 'circular']))
+    pads = tuple(draw(st.integers(0, 1 if mode != 'reflect' else min(1, shape[-1 - i // 2] - 1))) for i in range(2 * d))
+    if draw(st.booleans()):   # a module
+        cls = {'zeros': 'ZeroPad', 'constant': 'ConstantPad', 'reflect': 'ReflectionPad', 'replicate': 'ReplicationPad',
+               'circular': 'CircularPad'}[mode]
+        pad = getattr(nn, f'{cls}{d}d')(pads, draw(st.sampled_from([0., .5]))) if mode == 'constant' else getattr(nn, f'{cls}{d}d')(pads)
+    else: pad = Pad(pads, 'constant' if mode == 'zeros' else mode, draw(st.sampled_from([0., -1.])) if mode == 'constant' else 0.)
+    if draw(st.booleans()):   # conv -> pad -> BN
+        out = draw(st.integers(1, 5))
+        return nn.Sequential(draw(channel_layer(shape, out, kind='conv')), pad, bn_for((shape[0], out, *shape[2:])))
+    return nn.Sequential(bn_for(shape), pad, conv_cls(d)(c, draw(st.integers(1, 5)), draw(st.sampled_from([1, 3]))))
+
 @st.composite
 def bn_chain_block(draw, shape):
     "BN -> BN, maybe after or before a layer."
@@ -441,8 +464,8 @@ def inplace_block(draw, shape, safe=True):
 
 @st.composite
 def repeated_block(draw, shape, safe=True):
-    "An operand repeated in an identity branch's sum: '(c+bn)-c' is refused today; the others are defect 2."
-    hows = ['(c+bn)-c'] + ([] if safe else ['c+c+bn', 'c-c+bn', 'bn-(c+c)', 'torch.add(c,c)+bn'] * 2)
+    "An operand repeated in a sum: '(c+bn)-c' and 'bn(c+c)' are refused today; the others are defect 2."
+    hows = ['(c+bn)-c', 'bn(c+c)'] + ([] if safe else ['c+c+bn', 'c-c+bn', 'bn-(c+c)', 'torch.add(c,c)+bn'] * 2)
     return RepeatedSum(draw(st.sampled_from(hows)), bn_for(shape), draw(same_size_conv(shape)))
 
 @st.composite
@@ -488,7 +511,7 @@ def family_fits(family, shape):
     return len(shape) >= 2
 
 BLOCKS = {'conv': conv_block, 'bn': bn_block, 'linear': linear_block, 'act': act_block, 'reshape': reshape_block,
-          'cat': cat_block, 'add': add_block, 'identity_branch': identity_branch_block, 'pool_between': pool_between_block,
+          'cat': cat_block, 'add': add_block, 'identity_branch': identity_branch_block, 'pool_between': pool_between_block, 'pad_between': pad_between_block,
           'bn_chain': bn_chain_block, 'fanout': fanout_block, 'timm': timm_block, 'token_bn': token_bn_block, 'parent': parent_block,
           **FAMILIES}
 
@@ -499,6 +522,7 @@ def kinds_for(shape):
     if r >= 2: kinds += ['conv', 'conv', 'conv', 'cat', 'add', 'bn_chain', 'fanout', 'parent', 'inplace', 'inspect', 'two_names']
     if _batched_spatial(shape): kinds += ['repeated'] + (['shape_python'] if r >= 4 else [])   # untraceable: rarely
     if r in (3, 4): kinds += ['identity_branch', 'pool_between']
+    if _batched_spatial(shape): kinds += ['pad_between']
     if r == 4: kinds += ['timm', 'conv']
     if r == 3: kinds += ['token_bn']
     return kinds if r >= 2 else ['linear', 'act']
@@ -609,10 +633,14 @@ def _block(c=4): return LayerBN(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
 # the classic grammar's own trap (issue 14): a broadcasting add must align dims from the back. bn(conv(x) + fc(mean plane)):
 # aligned from the front, fc's features (W) would be taken for the BatchNorm's channels. It survived every test but a notebook.
 PIN_BROADCAST_FROM_THE_BACK = _pin(Add(nn.Conv2d(4, 5, 1), nn.Linear(5, 5), 'plane'), nn.BatchNorm2d(5), x=_image(4, 5))
+# zero padding between a conv and its BatchNorm: the border would get 0 instead of the shift
+PIN_ZERO_PAD = _pin(nn.Sequential(nn.Conv2d(4, 5, 3), nn.ZeroPad2d(1), nn.BatchNorm2d(5)), x=_image())
+PIN_VALUE_PAD = _pin(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), Pad((1, 1, 1, 1), 'constant', -1.), nn.Conv2d(4, 3, 3)), x=_image())
 PINNED_SAFE = [   # one per family, the variants the planner handles today
     _pin(InPlace('before', 'relu_', nn.BatchNorm2d(4), _conv3()), x=_image()),
     _pin(InPlace('fanout', 'module_relu', nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1), nn.Conv2d(4, 3, 1)), x=_image()),
     _pin(RepeatedSum('(c+bn)-c', nn.BatchNorm2d(4), _conv3()), x=_image()),
+    _pin(RepeatedSum('bn(c+c)', nn.BatchNorm2d(4), _conv3()), x=_image()),
     _pin(Inspecting('reads_running_mean', nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)), x=_image()),
     _pin(Inspecting('num_features', nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)), x=_image()),
     _pin(ShapePython('odd_pad', _block()), x=_image(s=7)),
@@ -629,7 +657,7 @@ def _pinned(cases):
         return test
     return deco
 
-@_pinned([PIN_BROADCAST_FROM_THE_BACK, *PINNED_SAFE])
+@_pinned([PIN_BROADCAST_FROM_THE_BACK, PIN_ZERO_PAD, PIN_VALUE_PAD, *PINNED_SAFE])
 @given(random_net(), st.booleans(), st.booleans(), st.integers(0, 2**16))
 def test_random_networks_fold_exactly(net_x, example, backward, seed):
     check_net(net_x, example, backward, seed)

@@ -1,7 +1,7 @@
 "Hand-made models for every folding rule: what must fold, what must not, and exactness either way."
 import copy, pytest, torch, torch.nn as nn, torch.nn.functional as F
-from fasterbn.folder import BN_Folder, randomize_bn, fold_error
-from conftest import fold_and_check, snapshot, assert_same, assert_folded, assert_refused, low_precision_bound, output_scale
+from fasterbn.folder import BN_Folder, randomize_bn
+from conftest import fold_and_check, snapshot, assert_same, assert_folded, assert_refused, low_precision_bound, output_scale, errors
 
 torch.manual_seed(0)
 x4 = torch.randn(3, 4, 9, 9)
@@ -149,7 +149,7 @@ def test_low_precision(dtype):
     x = x4.to(dtype)
     f = BN_Folder(); folded = f.fold(m)
     assert f.report.n_folded == 2 and all(p.dtype == dtype for p in folded.parameters()), f.report
-    err, base = fold_error(m, folded, x)
+    err, base = errors(m, folded, x)
     assert err <= low_precision_bound(base, output_scale(m, x), dtype), (err, base, output_scale(m, x))
 
 def test_channels_last_and_requires_grad_are_kept():

@@ -11,7 +11,7 @@ import copy
 from collections import OrderedDict
 import pytest, torch, torch.nn as nn
 from fasterbn.folder import BN_Folder, randomize_bn, fold_error
-from conftest import fold_and_check, fold_both_ways, assert_no_tracing_leftovers, has_negative_number, assert_folded, assert_refused
+from conftest import fold_and_check, errors, assert_no_tracing_leftovers, has_negative_number, assert_folded, assert_refused
 
 torch.manual_seed(0)
 x4 = torch.randn(3, 4, 9, 9)
@@ -423,7 +423,7 @@ def _fp16_check(m, x, factor=4):
     "Refused as 'numeric' (or folded, if a later fold keeps the precision): either way no worse than `factor` x the unfolded error."
     m = m.eval().half(); x = x.half()
     f = BN_Folder(); folded = f.fold(m)
-    err, base = fold_error(m, folded, x)
+    err, base = errors(m, folded, x)
     assert err <= factor * base, f'folded fp16 error {err:.3g} vs unfolded {base:.3g}\n{f.report}'
     assert all(r.folded or r.kind == 'numeric' for r in f.report), f.report
 
