@@ -505,10 +505,8 @@ FAMILIES = {'inplace': inplace_block, 'repeated': repeated_block, 'inspect': ins
             'two_names': two_names_block}
 
 def family_fits(family, shape):
-    "Can a block of `family` read a tensor of `shape`?"
-    if family in ('repeated',): return _batched_spatial(shape)
-    if family == 'shape_python': return len(shape) >= 2
-    return len(shape) >= 2
+    "Can a block of `family` read a tensor of `shape`? (An identity branch needs a conv that keeps the size.)"
+    return _batched_spatial(shape) if family == 'repeated' else len(shape) >= 2
 
 BLOCKS = {'conv': conv_block, 'bn': bn_block, 'linear': linear_block, 'act': act_block, 'reshape': reshape_block,
           'cat': cat_block, 'add': add_block, 'identity_branch': identity_branch_block, 'pool_between': pool_between_block, 'pad_between': pad_between_block,
