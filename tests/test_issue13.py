@@ -78,7 +78,8 @@ class Conv2dStaticSamePadding(nn.Conv2d):
         super().__init__(c_in, c_out, k, stride=stride)
         pad = max((math.ceil(image_size / stride) - 1) * stride + k - image_size, 0)
         self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
-    def forward(self, x): return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    def forward(self, x):
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 class PadThenConv(nn.Conv2d):
     "Ours: pads with F.pad in forward (zeros, symmetric), then calls the functional conv with its own weight and bias."
@@ -110,7 +111,8 @@ def tf_same_pad(x, k, s):
 
 class TFPaddedConvLayer(nn.Module):
     "A conv -> BN layer whose forward pads from the input's shape first (fx: TraceError)."
-    def __init__(self, c_in, c_out, k=3, s=2): super().__init__(); self.conv, self.bn, self.k, self.s = nn.Conv2d(c_in, c_out, k, s), nn.BatchNorm2d(c_out), k, s
+    def __init__(self, c_in, c_out, k=3, s=2):
+        super().__init__(); self.conv, self.bn, self.k, self.s = nn.Conv2d(c_in, c_out, k, s), nn.BatchNorm2d(c_out), k, s
     def forward(self, x): return torch.relu(self.bn(self.conv(tf_same_pad(x, self.k, self.s))))
 
 class OddPadded(nn.Module):
@@ -135,7 +137,8 @@ class FrozenBatchNorm2dByHand(nn.Module):
     "Like transformers' DetrFrozenBatchNorm2d: its own buffers and eps, and a forward that computes x * scale + shift by hand."
     def __init__(self, n, eps=1e-5):
         super().__init__(); self.eps = eps
-        for name, value in (('weight', 1.), ('bias', 0.), ('running_mean', 0.), ('running_var', 1.)): self.register_buffer(name, torch.full((n,), value))
+        for name, value in (('weight', 1.), ('bias', 0.), ('running_mean', 0.), ('running_var', 1.)):
+            self.register_buffer(name, torch.full((n,), value))
     def forward(self, x):
         w, b, rv, rm = (t.reshape(1, -1, 1, 1) for t in (self.weight, self.bias, self.running_var, self.running_mean))
         scale = w * (rv + self.eps).rsqrt()

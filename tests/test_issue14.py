@@ -201,7 +201,8 @@ D4 = defect(4, 'fold() edits the example_inputs of the caller when the model edi
     pytest.param(EditsItsInput, (image(),), True, marks=D4), pytest.param(EditsItsInput, (image(),), False, marks=D4),
     pytest.param(EditsItsInputUntraceable, (image() * 3,), True, marks=D4),
     pytest.param(EditsItsInputUntraceable, (image() * 3,), False, marks=D4),   # the recorded run edits them too
-    pytest.param(EditsSecondInput, (image(), image()), True, marks=D4), pytest.param(EditsSecondInput, (image(), image()), False, marks=D4)],
+    pytest.param(EditsSecondInput, (image(), image()), True, marks=D4),
+    pytest.param(EditsSecondInput, (image(), image()), False, marks=D4)],
     ids=['issue-check', 'issue-no_check', 'untraceable-check', 'untraceable-no_check', 'second_input-check', 'second_input-no_check'])
 def test_fold_leaves_the_callers_example_inputs_alone(model, inputs, check):
     m = init_(randomize_bn(model())).eval()

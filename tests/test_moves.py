@@ -26,7 +26,8 @@ class RepBlock(nn.Module):
         y = self.bn_kxk(self.kxk(x)) + self.one(x)
         return torch.relu(y - self.identity(x) if self.sub else y + self.identity(x))
 
-@pytest.mark.parametrize('kw', [dict(), dict(groups=2), dict(groups=4), dict(k=5, dilation=2), dict(k=1), dict(sub=True), dict(conv_bn=False)],
+@pytest.mark.parametrize('kw', [dict(), dict(groups=2), dict(groups=4), dict(k=5, dilation=2), dict(k=1), dict(sub=True),
+                                dict(conv_bn=False)],
                          ids=lambda kw: ','.join(f'{k}={v}' for k, v in kw.items()) or 'plain')
 def test_identity_branch_folds_into_a_sibling_conv(kw):
     folded, report = fold_and_check(init_(RepBlock(**kw)), x4, example=False)
@@ -201,7 +202,8 @@ def test_timm_frozen_batchnormact_is_folded_and_reported():
     timm = pytest.importorskip('timm')
     from timm.layers import FrozenBatchNormAct2d
     m = nn.Sequential(nn.Conv2d(4, 5, 3), FrozenBatchNormAct2d(5))
-    _, report = fold_and_check(init_(m), x4, example=False)   # it broadcasts (1, C, 1, 1): a map on dim 1 only on 4-D input, which the graph can't prove here
+    # it broadcasts (1, C, 1, 1): a map on dim 1 only on 4-D input, which the graph can't prove here
+    _, report = fold_and_check(init_(m), x4, example=False)
     assert len(report) == 1 and report['1'].kind == 'needs-example-inputs', report
     folded, report = fold_and_check(init_(m), x4)
     assert report['1'].folded and type(folded[1]) is nn.ReLU, report

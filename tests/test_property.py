@@ -34,7 +34,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck, event, as
 from conftest import fold_and_check, errors, output_scale
 
 settings.register_profile('ci', max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
-settings.register_profile('thorough', max_examples=int(os.environ.get('HYPOTHESIS_EXAMPLES', 5000)), deadline=None, suppress_health_check=list(HealthCheck))
+settings.register_profile('thorough', max_examples=int(os.environ.get('HYPOTHESIS_EXAMPLES', 5000)), deadline=None,
+                          suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 FAMILY_EXAMPLES = max(50, settings().max_examples // 6)   # each family test: 50 in ci
 
@@ -459,7 +460,8 @@ def inplace_block(draw, shape, safe=True):
     where, form = draw(st.sampled_from(wheres)), draw(st.sampled_from(EDIT_FORMS))
     if where == 'fanout':
         out, kind = draw(st.integers(1, 4)), 'conv' if len(shape) >= 3 else 'linear'
-        return InPlace('fanout', form, bn_for(shape), draw(channel_layer(shape, out, kind=kind)), draw(channel_layer(shape, out, kind=kind)))
+        a, b = draw(channel_layer(shape, out, kind=kind)), draw(channel_layer(shape, out, kind=kind))
+        return InPlace('fanout', form, bn_for(shape), a, b)
     return InPlace(where, form, bn_for(shape), draw(same_size_conv(shape)), sub=where == 'between' and draw(st.booleans()))
 
 @st.composite
@@ -509,7 +511,8 @@ def family_fits(family, shape):
     return _batched_spatial(shape) if family == 'repeated' else len(shape) >= 2
 
 BLOCKS = {'conv': conv_block, 'bn': bn_block, 'linear': linear_block, 'act': act_block, 'reshape': reshape_block,
-          'cat': cat_block, 'add': add_block, 'identity_branch': identity_branch_block, 'pool_between': pool_between_block, 'pad_between': pad_between_block,
+          'cat': cat_block, 'add': add_block, 'identity_branch': identity_branch_block, 'pool_between': pool_between_block,
+          'pad_between': pad_between_block,
           'bn_chain': bn_chain_block, 'fanout': fanout_block, 'timm': timm_block, 'token_bn': token_bn_block, 'parent': parent_block,
           **FAMILIES}
 

@@ -145,7 +145,8 @@ def test_not_a_module_and_bad_inputs():
 # ---- dtypes, memory formats --------------------------------------------------------------------------
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_low_precision(dtype):
-    m = randomize_bn(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8))).eval().to(dtype)
+    m = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8))
+    m = randomize_bn(m).eval().to(dtype)
     x = x4.to(dtype)
     f = BN_Folder(); folded = f.fold(m)
     assert f.report.n_folded == 2 and all(p.dtype == dtype for p in folded.parameters()), f.report
@@ -227,7 +228,8 @@ def test_check_on_example_inputs_cancels_only_the_folds_that_change_the_output()
     class Peeks(nn.Module):   # forward inspects one BatchNorm's class: the graph can't show it, a run on example_inputs can
         def __init__(self):
             super().__init__()
-            self.c1, self.b1, self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c1, self.b1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
         def forward(self, x):
             y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
             return y * 2 if isinstance(self.b2, nn.BatchNorm2d) else y

@@ -101,7 +101,8 @@ class TwoOneChannelBNs(nn.Module):
 def test_two_one_channel_bns_in_one_cat(example):
     "Each BatchNorm takes its own column of the Linear's weight (the cat offsets 0 and 1)."
     if example: assert_folded(TwoOneChannelBNs(), torch.randn(5, 2), into='fc', direction='backward')
-    else: assert_refused(TwoOneChannelBNs(), torch.randn(5, 2), bn=['bn_a', 'bn_b'], kind='needs-example-inputs', or_folded=True, example=False)
+    else: assert_refused(TwoOneChannelBNs(), torch.randn(5, 2), bn=['bn_a', 'bn_b'], kind='needs-example-inputs', or_folded=True,
+                         example=False)
 
 
 # ---- 3. the submodule fallback misses uses from outside the child ----------------------------------
@@ -308,7 +309,8 @@ class ShapeOps(nn.Module):
         return self.bn(self.fc(x))
 
 @both
-@pytest.mark.parametrize('how', ['torch_reshape_expr', 'view_shape', 'method_reshape_expr', 'view_size', 'torch_reshape_kw', 'view_own_dtype'])
+@pytest.mark.parametrize('how', ['torch_reshape_expr', 'view_shape', 'method_reshape_expr', 'view_size', 'torch_reshape_kw',
+                                 'view_own_dtype'])
 def test_shape_computed_at_run_time(how, example):
     x = torch.randn(5, 2, 3) if 'expr' in how else torch.randn(5, 6)
     if example: _, report = assert_folded(ShapeOps(how), x, into='fc', direction='forward')
