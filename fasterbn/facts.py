@@ -6,7 +6,7 @@ Docs: https://fasterbn.github.io/fasterbn/facts.html.md"""
 
 # %% ../nbs/03_facts.ipynb #1eef41bf
 from __future__ import annotations
-import functools, types
+import copy, functools, types
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 import torch, torch.nn as nn, torch.fx as fx
@@ -86,8 +86,11 @@ class Ranks:
     """Ranks proven from the graph alone, for every input the model accepts. Ops that keep rank tie their input and output
     into one class (union-find); a class knows the set of ranks every op in it admits; relations (+1, like, max) run to a fixpoint."""
     def __init__(self, facts, # the facts of the traced root (a `GraphFacts`, defined below)
+                 assumed: dict|None=None, # node -> rank, assumed (the folded model then checks it)
                 ):
         self.parent, self.allowed, rel = {}, {}, []
+        for n, r in (assumed or {}).items():
+            self._limit(n, {r})
         for n in facts.nodes:
             if facts.reshaped_in_place(n):
                 continue
@@ -455,11 +458,25 @@ def rank_proof(self, n) -> tuple:
     if 'ranks' not in self._cache:
         self._cache['ranks'] = Ranks(self)
     static = self._cache['ranks'].of(n)
+    if static is None and 'assumed' in self._cache:
+        static = self._cache['assumed'].of(n)   # follows from a rank the folded model will check: not proven
+        return static, False
     s = self.shape(n) if static is None or 'shapes' in self._cache else None
     seen = len(s) if s is not None else None
     if static is not None and seen is not None and static != seen:
         refuse('shapes', f'the graph proves {self.describe(n)} is {static}-D, but on example_inputs it is {seen}-D')
     return (static, True) if static is not None else (seen, False)
+
+@patch_to(GraphFacts)
+def assuming(self, node: fx.Node, # a value whose rank the graph does not prove
+             rank: int, # the rank to assume it has
+            ) -> GraphFacts:
+    "These facts with the rank of `node` assumed (and what follows from it), every rank it gives marked unproven: the folded model must check it."
+    view = copy.copy(self)
+    view._cache = dict(self._cache)
+    view._cache.setdefault('ranks', Ranks(self))
+    view._cache['assumed'] = Ranks(self, {node: rank})
+    return view
 
 @patch_to(GraphFacts)
 def rank(self, n) -> int|None:

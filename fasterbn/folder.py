@@ -87,7 +87,7 @@ class Plan:
     notes: list = field(default_factory=list)        # anything else the report should say
     roots: list = field(default_factory=list)        # (name, inputs) of the outermost traced roots with inputs: where folds can be checked
     replays: dict = field(default_factory=dict)      # root name -> (its `Trace`, functional layers gaining a bias): roots to trace again, folded
-    traces: dict = field(default_factory=dict)       # root name -> (its `Trace`, its inputs (args, kwargs)), for the roots with inputs
+    traces: dict = field(default_factory=dict)       # root name -> (its `Trace`, its inputs (args, kwargs) or None)
 
 def _needs_replay(facts: GraphFacts, decisions: list, rules: Rules) -> set|None:
     "The functional layers that gain a bias, if the root's folds need it traced again (a layer written as a function, a module looked up); else None."
@@ -123,7 +123,10 @@ def plan_model(model: nn.Module, # the model, in eval mode
         if isinstance(root, torch.jit.ScriptModule):
             plan.untraceable[name] = 'scripted (torch.jit.script)'
             return
-        call = (example_inputs, {}) if not prefix else recorder.inputs.get(id(root)) if recorder else None
+        if recorder is None:
+            call = None
+        else:
+            call = (example_inputs, {}) if not prefix else recorder.inputs.get(id(root))
         traced = None
         if type(root).forward is not nn.Module.forward:   # a ModuleList/ModuleDict is never called: its parent's evidence stands
             try:
@@ -142,8 +145,7 @@ def plan_model(model: nn.Module, # the model, in eval mode
             return
         inputs = call[0] if call is not None else None
         facts = GraphFacts(root, traced, rules, inputs, model_facts, outside, prefix)
-        if call is not None:
-            plan.traces[name] = (traced, call)
+        plan.traces[name] = (traced, call)
         planned = Planner(facts, backward).plan()
         plan.decisions.extend(planned)
         gaining = _needs_replay(facts, planned, rules)
@@ -408,6 +410,8 @@ class BN_Folder:
                 work = model   # nothing in it can be folded: the report says why
             else:
                 work = model if inplace else self._copy(model, plan, updates, rules, exact=bool(refs or plan.replays))
+            guarded = {d.root for d in plan.decisions if d.folded and d.assumptions}
+            originals = {d.bn: copy.deepcopy(model.get_submodule(d.bn)) for d in plan.decisions if d.folded and d.root in guarded}
             apply = lambda m, ds, ups: apply_folds(m, ds, ups, rules)
             journal = apply(work, plan.decisions, updates)
             if plan.replays:
@@ -417,8 +421,7 @@ class BN_Folder:
                 replay(model, work, plan.decisions, plan.replays, journal, apply, undo_folds, compute_updates, retrace)
             if refs:
                 verify(model, work, plan.decisions, updates, refs, journal, apply, undo_folds, compute_updates)
-            replaced = {id(getattr(m, a)) for m, a, old in journal if isinstance(old, nn.Module) and rules.is_batchnorm(old)}
-            for name, guard in guards_for(plan.traces, plan.decisions, work, replaced).items():
+            for name, guard in guards_for(plan.traces, plan.decisions, originals).items():
                 journal.append((work.get_submodule(name), None, work.get_submodule(name).register_forward_pre_hook(guard, with_kwargs=True)))
         except BaseException:
             if inplace:

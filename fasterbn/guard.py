@@ -1,4 +1,4 @@
-"""A fold that rests on what `example_inputs` showed is kept only with a check in the folded model: at each new input shape, the facts it rests on must hold.
+"""A fold that rests on a fact the graph does not prove is kept only with a check in the folded model: at each new input shape, the folds must still hold.
 
 Docs: https://fasterbn.github.io/fasterbn/guard.html.md"""
 
@@ -6,11 +6,13 @@ Docs: https://fasterbn.github.io/fasterbn/guard.html.md"""
 
 # %% ../nbs/06_guard.ipynb #01c377e2
 from __future__ import annotations
+import copy
 import torch, torch.nn as nn, torch.fx as fx
 from torch import Tensor
+from .ops import default_rules
 from .trace import trace, value_trace
-from .facts import ShapeRecorder, first_line
-from .check import signature, functional_calls
+from .facts import GraphFacts, first_line
+from .plan import Planner
 
 # %% auto #0
 __all__ = ['FoldGuardError', 'input_signature', 'FoldGuard']
@@ -31,6 +33,7 @@ def input_signature(args: tuple, kwargs: dict) -> tuple:
         return repr(x)
     return sig(tuple(args)), sig(dict(kwargs))
 
+# %% ../nbs/06_guard.ipynb #9b34231b
 def _tracing(args: tuple, kwargs: dict) -> bool:
     "Is the model being traced or compiled (torch.fx, TorchScript, dynamo, torch.export), or run on fake tensors?"
     fx_tracing = getattr(torch.fx._symbolic_trace, 'is_fx_symbolic_tracing', torch.fx._symbolic_trace.is_fx_tracing)
@@ -42,43 +45,24 @@ def _tracing(args: tuple, kwargs: dict) -> bool:
     from torch.utils._pytree import tree_flatten
     return any(isinstance(t, FakeTensor) or (isinstance(t, Tensor) and t.is_meta) for t in tree_flatten((args, kwargs))[0])
 
-# %% ../nbs/06_guard.ipynb #9b34231b
-def same_graph(a: list, b: list, strict: set) -> bool:
-    "Are two graph signatures the same, except for numeric constants (padding amounts, sizes) at positions not in `strict`?"
-    if len(a) != len(b):
-        return False
-    for i, (x, y) in enumerate(zip(a, b)):
-        if i in strict or x[:2] != y[:2]:
-            if x != y:
-                return False
-        elif not _alike(x[2:], y[2:]):
-            return False
-    return True
-
-def _alike(x, y) -> bool:
-    "Equal, numbers aside: two numbers (or containers of them) at the same place may differ."
-    if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool) and not isinstance(y, bool):
-        return True
-    if isinstance(x, (tuple, list)) and isinstance(y, (tuple, list)) and type(x) is type(y):
-        return len(x) == len(y) and all(_alike(a, b) for a, b in zip(x, y))
-    if isinstance(x, dict) and isinstance(y, dict):
-        return x.keys() == y.keys() and all(_alike(x[k], y[k]) for k in x)
-    return x == y
+def fold_key(d, prefix: str) -> tuple:
+    "What a fold decision folds, comparable across two plans: direction, and each part's layer, side, channels, shift and sign."
+    local = lambda name: name[len(prefix):]
+    parts = tuple((local(p.layer), str(p.side), tuple(p.channel_map.tolist()), p.shift, p.sign) for p in d.parts)
+    return str(d.direction), parts, local(d.merged_into) if d.merged_into else ''
 
 # %% ../nbs/06_guard.ipynb #196b7401
 class FoldGuard:
-    "A forward pre-hook that keeps a folded root to inputs on which the facts its folds rest on hold; it checks each new input signature once."
+    "A forward pre-hook that keeps a folded root to inputs on which its folds hold: it plans them again for each new input signature."
     def __init__(self, root: str, # the root's qualified name, for messages
                  valued: bool, # traced with the example's values (else symbolically)
-                 expected: list, # the signature of the graph the folds were planned on
-                 strict: set, # positions in it whose constants must not change (the ops the folds cross)
-                 facts: list, # (position, 'rank' or 'channels', axis, value): what must hold of the values there
-                 texts: list, # the same facts, in words
-                 leaves: list, # names (in the root) of the modules that replaced folded BatchNorms: traced whole
+                 folds: dict, # local name of each folded BatchNorm -> what it folds (`fold_key`)
+                 bns: dict, # local name of each folded BatchNorm -> a copy of it, as it was
+                 texts: list, # what the folds rest on, in words
                  verified: set, # input signatures already verified (the example's)
                 ):
-        self.root, self.valued, self.expected, self.strict, self.facts, self.texts = root, valued, expected, strict, facts, texts
-        self.leaves, self.verified, self.busy = list(leaves), set(verified), False
+        self.root, self.valued, self.folds, self.bns, self.texts = root, valued, folds, bns, texts
+        self.verified, self.busy = set(verified), False
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.busy or _tracing(args, kwargs):
@@ -92,79 +76,58 @@ class FoldGuard:
         finally:
             self.busy = False
         if problem is not None:
-            raise FoldGuardError(f'fasterbn folded `{self.root or "<model>"}` for inputs like its example_inputs; on this input {problem}, '
-                                 f'so a fold it rests on ({"; ".join(self.texts)}) may not hold: fold the model again with example_inputs like '
-                                 'this input, or run the unfolded model')
+            raise FoldGuardError(f'fasterbn folded `{self.root or "<model>"}` resting on what its graph does not prove '
+                                 f'({"; ".join(self.texts)}); on this input {problem}: fold the model again with example_inputs like this input, '
+                                 'or run the unfolded model')
         self.verified.add(sig)
         return None
 
     def problem(self, module: nn.Module, args: tuple, kwargs: dict) -> str|None:
-        "Why the folds may not hold on this input (None: they do)."
-        from fasterbn.ops import default_rules
-        rules = default_rules()
-        leaves = [module.get_submodule(n) for n in self.leaves]
+        "Why the folds may not hold on this input (None: they do), planned again on it with the BatchNorms back in place."
+        rules, undo = default_rules(), []
         try:
-            if self.valued:
-                t = value_trace(module, args, rules, leaves, kwargs=kwargs)
-            else:
-                t = trace(module, rules, leaves)
-        except Exception as e:
-            return f'its forward does not trace as it did ({first_line(e)})'
-        sig = signature(t.graph, functional_calls(t.graph, module))
-        if not same_graph(self.expected, sig, self.strict if self.valued else set(range(len(sig)))):
-            return 'its forward takes another path'
-        shapes = _shapes(t, module, args, kwargs)
-        if shapes is None:
-            return 'its forward does not run as it did'
-        for (pos, kind, axis, value), text in zip(self.facts, self.texts):
-            s = shapes.get(pos)
-            if s is None:
-                return f'the value of which "{text}" was seen is gone'
-            seen = len(s) if kind == 'rank' else s[axis] if axis < len(s) else None
-            if seen != value:
-                what = f'{seen}-D, not {value}-D' if kind == 'rank' else f'{seen} channels on dim {axis}, not {value}'
-                return f'{text.split(" is ")[0].split(" has ")[0]} is {what}'
+            for name, bn in self.bns.items():   # the BatchNorm back where its replacement is, under every name
+                current = module.get_submodule(name)
+                for parent in module.modules():
+                    for attr, child in list(parent._modules.items()):
+                        if child is current:
+                            undo.append((parent, attr, child))
+                            setattr(parent, attr, bn)
+            try:
+                traced = value_trace(module, args, rules, kwargs=kwargs) if self.valued else trace(module, rules)
+                planned = Planner(GraphFacts(module, traced, rules, tuple(args))).plan()
+            except Exception as e:
+                return f'its forward does not trace and plan as it did ({first_line(e)})'
+        finally:
+            for parent, attr, child in reversed(undo):
+                setattr(parent, attr, child)
+        now = {d.bn: d for d in planned}
+        for name, key in self.folds.items():
+            d = now.get(name)
+            if d is None or not d.folded:
+                return f'`{name}` would not fold' + (f' ({d.reason.text})' if d is not None and d.reason else ' (its forward does not call it)')
+            if fold_key(d, '') != key:
+                return f'`{name}` would fold otherwise ({d.direction} into {", ".join(d.layers) or d.merged_into})'
         return None
 
     def __repr__(self): return f'FoldGuard({self.root or "<model>"}: {"; ".join(self.texts)})'
 
-def _shapes(t, module: nn.Module, args: tuple, kwargs: dict) -> dict|None:
-    "position in the graph's signature -> the shape of its value on these inputs."
-    positions = [n for n in t.graph.nodes if n.op != 'get_attr']
-    if t.guards is not None:
-        return {i: tuple(n.meta['value'].shape) for i, n in enumerate(positions) if isinstance(n.meta.get('value'), Tensor)}
-    rec = ShapeRecorder(fx.GraphModule(module, t.graph))
-    rec.shapes = {}
-    try:
-        with torch.no_grad():
-            rec.run(*args, *kwargs.values())
-    except Exception:
-        return None
-    return {i: rec.shapes[n] for i, n in enumerate(positions) if n in rec.shapes}
-
 # %% ../nbs/06_guard.ipynb #31739d93
-def guards_for(plan_roots: dict, # root name -> (its `Trace`, its inputs (args, kwargs))
+def guards_for(plan_roots: dict, # root name -> (its `Trace`, its inputs (args, kwargs) on the example, or None)
                decisions: list, # the final decisions
-               work: nn.Module, # the folded model
-               replaced: set, # ids of the modules that replaced folded BatchNorms
+               originals: dict, # qualified name -> a copy of each BatchNorm a fold with assumptions folds, as it was before folding
               ) -> dict: # root name -> `FoldGuard`
-    "A `FoldGuard` for each traced root whose folds rest on facts seen on example_inputs."
+    "A `FoldGuard` for each traced root whose folds rest on facts the graph does not prove."
     guards = {}
-    for name, (traced, (args, kwargs)) in plan_roots.items():
-        ds = [d for d in decisions if d.folded and d.root == name and d.assumptions]
-        if not ds:
+    for name, (traced, call) in plan_roots.items():
+        ds = [d for d in decisions if d.folded and d.root == name]
+        if not any(d.assumptions for d in ds):
             continue
-        root = work.get_submodule(name)
-        positions = {n: i for i, n in enumerate(n for n in traced.graph.nodes if n.op != 'get_attr')}
-        facts, texts, strict = [], [], set()
-        for d in ds:
-            strict |= {positions[n] for n in d.nodes if n in positions}
-            for a in d.assumptions:
-                if a.kind in ('rank', 'channels') and a.node in positions:
-                    facts.append((positions[a.node], a.kind, a.axis, a.value))
-                if a.text not in texts:
-                    texts.append(a.text)
-        expected = signature(traced.graph, functional_calls(traced.graph, root))
-        leaves = [n for n, m in root.named_modules() if id(m) in replaced]
-        guards[name] = FoldGuard(name, traced.guards is not None, expected, strict, facts, texts, leaves, {input_signature(args, kwargs)})
+        prefix = f'{name}.' if name else ''
+        local = lambda q: q[len(prefix):]
+        folds = {local(d.bn): fold_key(d, prefix) for d in ds}
+        bns = {local(d.bn): originals[d.bn] for d in ds}
+        texts = list(dict.fromkeys(a.text for d in ds for a in d.assumptions))
+        verified = {input_signature(*call)} if call is not None else set()   # without example_inputs, the first call is checked too
+        guards[name] = FoldGuard(name, traced.guards is not None, folds, bns, texts, verified)
     return guards

@@ -462,11 +462,11 @@ def branch_into(self, node: fx.Node, x: fx.Node, sibling: tuple, sign: int, flow
                          'padding, so its output pixels do not read their own input pixel at the kernel\'s centre')
     if layer.in_channels != c or layer.out_channels != c:
         refuse('branch', f'`{name}` beside it maps {layer.in_channels} to {layer.out_channels} channels, the BatchNorm has {c}')
-    if flow.axis(x, ev, 'back') != channel_axis(layer):
-        refuse('rank', f'the BatchNorm\'s channels are not the channels of `{name}`')
     writer = ev.written_between(x, node, n)
     if writer is not None:
         refuse('in-place', f'{ev.describe(writer)} writes the input in place between the reads of the BatchNorm and of `{name}`')
+    if flow.axis(x, ev, 'back') != channel_axis(layer):
+        refuse('rank', f'the BatchNorm\'s channels are not the channels of `{name}`')
     return Decision(ev.qual(node.target), [Part(name, Side.BRANCH, flow.cmap, True, sign)], Direction.BRANCH,
                     'add' if sign > 0 else 'sub', assumptions=ev.assumed, nodes=[node, n, *node.users])
 
@@ -538,7 +538,7 @@ def plan(self) -> list[Decision]:
                 continue
             except Refusal as e:
                 bwd = e.reason
-        decided[n] = Decision(ev.qual(n.target), reason=_combine(fwd, bwd))
+        decided[n] = self.with_assumed_rank(n) or Decision(ev.qual(n.target), reason=_combine(fwd, bwd))
     for n in nodes:   # identity branches last: the sibling conv may take its own BatchNorm first
         if n in self.merged or decided[n].folded or problems[n] is not None:
             continue
@@ -563,6 +563,30 @@ def plan(self) -> list[Decision]:
     return [decided[n] for n in nodes]
 
 # %% ../nbs/05_plan.ipynb #a5835293
+@patch_to(Planner)
+def with_assumed_rank(self, n: fx.Node) -> Decision|None:
+    """Without example_inputs, a fold of a BatchNorm that is a per-channel map at one input rank only (a frozen BatchNorm2d broadcasting
+    `(1, C, 1, 1)`: 4-D), where the graph does not prove that rank: the rank assumed, and checked by the folded model. A kind that runs at
+    several ranks (`BatchNorm1d` on `(N, C)` or `(N, C, L)`) gives nothing to go on: that needs example_inputs."""
+    ev, kind = self.facts, self.rules.batchnorm_kind(self.facts.module(n))
+    x = n.args[0]
+    candidates = kind.ranks if kind.ranks is not None and len(kind.ranks) == 1 else None
+    if ev.example_inputs is not None or ev.rank(x) is not None or not candidates:
+        return None
+    found, facts = [], self.facts
+    for r in candidates:
+        self.facts = facts.assuming(x, r)
+        try:
+            for plan in (self.forward, self.backward) if self.try_backward else (self.forward,):
+                try:
+                    found.append(plan(n))
+                    break
+                except Refusal:
+                    pass
+        finally:
+            self.facts = facts
+    return found[0] if len(found) == 1 else None
+
 @patch_to(Planner)
 def rest_on_path(self, d: Decision):
     "Note the path a fold rests on, or refuse it where the path depends on the input's values (no check can key it by shape)."

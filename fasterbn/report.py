@@ -117,7 +117,7 @@ def report_rows(model: nn.Module, # the folded model (its names are the original
         d = by_bn.get(name)
         if d is not None and d.folded:
             rests = '; '.join(a.text for a in d.assumptions)
-            rests += ' (seen on example_inputs; the folded model checks it at each new input shape)' if rests else ''
+            rests += ' (not proven by the graph: the folded model checks it at each new input shape)' if rests else ''
             rows.append(FoldRow(name, True, into(d), str(d.direction), d.via, rests_on=rests))
         elif d is not None:
             rows.append(FoldRow(name, False, reason=d.reason.text, kind=d.reason.kind))

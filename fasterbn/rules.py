@@ -374,7 +374,9 @@ class Rules:
 
     def is_batchnorm(self, m: nn.Module) -> bool:
         "Is `m` a BatchNorm, folded or reported: any `_BatchNorm`, a class with a kind, or a module that keeps running statistics of its own?"
-        return isinstance(m, _BatchNorm) or self.batchnorm_kind(m) is not None or _keeps_running_stats(m)
+        if isinstance(m, _BatchNorm) or _keeps_running_stats(m):
+            return True   # (no recognizer runs here: this is asked while tracing, and a recognizer traces)
+        return self._kind(self.batchnorms, self.batchnorm_classifiers, type(m), 'bn') is not None
 
 def _hashable(x) -> bool:
     try: hash(x)

@@ -19,7 +19,7 @@ SHAPE = (1, 3, 96, 96)
 def models(request):
     torch.manual_seed(0)
     model = randomize_bn(torchvision.models.get_model(request.param, weights=None)).eval()
-    folder = BN_Folder()
+    folder = BN_Folder(check=False)   # the planner's own verdict: every BatchNorm folded, and outputs compared below
     folded = folder.fold(model, example_inputs=torch.randn(SHAPE))
     assert folder.report.n_not_folded == 0, folder.report
     return request.param, model, folded

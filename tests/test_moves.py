@@ -2,7 +2,7 @@
 identity branches into a sibling conv, BatchNorm -> BatchNorm, pooling, one BatchNorm read by several layers, timm's layers, tokens."""
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from fasterbn.folder import BN_Folder, randomize_bn
-from conftest import fold_and_check
+from conftest import fold_and_check, assert_folded, assert_refused
 
 torch.manual_seed(0)
 x4 = torch.randn(2, 4, 9, 9)
@@ -26,7 +26,8 @@ class RepBlock(nn.Module):
         y = self.bn_kxk(self.kxk(x)) + self.one(x)
         return torch.relu(y - self.identity(x) if self.sub else y + self.identity(x))
 
-@pytest.mark.parametrize('kw', [dict(), dict(groups=2), dict(groups=4), dict(k=5, dilation=2), dict(k=1), dict(sub=True), dict(conv_bn=False)],
+@pytest.mark.parametrize('kw', [dict(), dict(groups=2), dict(groups=4), dict(k=5, dilation=2), dict(k=1), dict(sub=True),
+                                dict(conv_bn=False)],
                          ids=lambda kw: ','.join(f'{k}={v}' for k, v in kw.items()) or 'plain')
 def test_identity_branch_folds_into_a_sibling_conv(kw):
     folded, report = fold_and_check(init_(RepBlock(**kw)), x4, example=False)
@@ -34,24 +35,40 @@ def test_identity_branch_folds_into_a_sibling_conv(kw):
     assert report.n_folded == len(report)
     assert type(folded.identity) is nn.Threshold   # zeros in its place: its map now lives in the sibling conv
 
-def test_identity_branch_refused_when_the_sibling_is_strided_or_off_centre():
-    class Off(nn.Module):
-        def __init__(self, **kw): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 4, 3, **kw), nn.BatchNorm2d(4)
-        def forward(self, x): return self.conv(x) + self.bn(x)
-    for kw in (dict(padding=(1, 0)), dict(padding=2, dilation=1), dict(padding=1, padding_mode='circular', bias=False)):
-        m = init_(Off(**kw))
-        if kw.get('padding') in ((1, 0), 2):   # shapes differ or the centre is not aligned: adding would be wrong
-            with pytest.raises(RuntimeError): m(x4)
-            continue
-        _, report = fold_and_check(m, x4, example=False)
-        assert report['bn'].folded   # circular padding: the centre tap still reads the pixel itself
+class Beside(nn.Module):
+    "conv(x) + bn(x), with any sibling layer (the model must run: its output may broadcast over the BatchNorm's)."
+    def __init__(self, conv, c=4): super().__init__(); self.conv, self.bn = conv, nn.BatchNorm2d(c)
+    def forward(self, x): return self.conv(x) + self.bn(x)
+
+# Each of these models runs, and none has a tap of the sibling that reads exactly the pixel of the output: the identity branch
+# cannot go into it. (padding=(1, 0) or padding=2 alone would make shapes that do not add at all: no model to fold.)
+NOT_CENTRED = {
+    'strided': (lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1), (2, 4, 2, 2)),             # a 1x1 output broadcast over 2x2
+    'strided_same_size_at_w1': (lambda: nn.Conv2d(4, 4, (1, 3), stride=(1, 2), padding=(0, 1)), (2, 4, 5, 1)),  # W=2 broadcasts
+    'off_centre_even_dilated': (lambda: nn.Conv2d(4, 4, 2, dilation=2, padding=1), (2, 4, 9, 9)),   # taps read x[i-1], x[i+1]
+    'valid_whole_input': (lambda: nn.Conv2d(4, 4, 9), (2, 4, 9, 9)),                           # padding='valid': 1x1, broadcast
+    'valid_keyword': (lambda: nn.Conv2d(4, 4, 3, padding='valid'), (2, 4, 3, 3)),
+}
+
+@pytest.mark.parametrize('example', [False, True], ids=['no_example', 'example'])
+@pytest.mark.parametrize('case', list(NOT_CENTRED))
+def test_identity_branch_refused_when_the_sibling_is_strided_or_off_centre(case, example):
+    "Refused by the planner itself (check off). Its kind should be 'branch' (issue 14 defect 7, test_issue14.py); today 'shared-output'."
+    conv, shape = NOT_CENTRED[case]
+    m, x = init_(Beside(conv())), torch.randn(shape)
+    m.eval()(x)   # the model runs
+    assert_refused(m, x, bn='bn', kind=('branch', 'shared-output'), example=example)
+
+def test_identity_branch_with_circular_padding_folds():
+    "Circular padding: the centre tap still reads the pixel itself."
+    m = init_(Beside(nn.Conv2d(4, 4, 3, padding=1, padding_mode='circular', bias=False)))
+    assert_folded(m, x4, into='conv', direction='branch', example=False)
 
 def test_identity_branch_needs_the_same_input():
     class Other(nn.Module):
         def __init__(self): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
         def forward(self, x): return self.conv(torch.relu(x)) + self.bn(x)
-    _, report = fold_and_check(init_(Other()), x4, example=False)
-    assert not report['bn'].folded
+    assert_refused(init_(Other()), x4, bn='bn', kind=('branch', 'shared-output'), example=False)
 
 def test_identity_branch_with_the_timm_repvgg_block():
     timm = pytest.importorskip('timm')
@@ -76,6 +93,48 @@ def test_bn_bn_chain_of_three_folds_backward():
     m = init_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1)))
     _, report = fold_and_check(m, x4, example=False)
     assert report.n_folded == 3 and report['1'].direction == 'backward', report
+
+# ---- padding between the layer and the BatchNorm --------------------------------------------------------
+class Padded(nn.Module):
+    "conv -> pad -> BN (forward) or BN -> pad -> conv (backward), the pad as a module or as F.pad."
+    def __init__(self, pad, forward=True):
+        super().__init__(); self.pad, self.fwd = pad, forward
+        self.conv, self.bn = (nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5)) if forward else (nn.Conv2d(4, 5, 3), nn.BatchNorm2d(4))
+    def forward(self, x):
+        pad = self.pad if isinstance(self.pad, nn.Module) else (lambda y: F.pad(y, *self.pad))
+        if self.fwd: return self.bn(pad(self.conv(x)))
+        return self.conv(pad(self.bn(torch.relu(x))))
+
+COPYING_PADS = {'reflect': nn.ReflectionPad2d(1), 'replicate': nn.ReplicationPad2d((1, 2, 0, 1)), 'circular': nn.CircularPad2d(1),
+                'F.pad_reflect': ((1, 1, 1, 1), 'reflect'), 'F.pad_replicate': ((2, 0, 0, 1), 'replicate')}
+CONSTANT_PADS = {'zero': nn.ZeroPad2d(1), 'constant': nn.ConstantPad2d(1, 0.5), 'F.pad_zeros': ((1, 1, 1, 1),),
+                 'F.pad_value': ((1, 1), 'constant', -1.)}
+
+@pytest.mark.parametrize('forward', [True, False], ids=['forward', 'backward'])
+@pytest.mark.parametrize('pad', list(COPYING_PADS))
+def test_padding_that_copies_values_commutes(pad, forward):
+    "Reflect, replicate and circular padding copy values within a channel: the BatchNorm's map crosses them, both ways."
+    assert_folded(init_(Padded(COPYING_PADS[pad], forward)), x4, into='conv', direction='forward' if forward else 'backward',
+                  example=False)
+
+@pytest.mark.parametrize('forward', [True, False], ids=['forward', 'backward'])
+@pytest.mark.parametrize('pad', list(CONSTANT_PADS))
+def test_constant_padding_needs_a_map_that_fixes_the_constant(pad, forward):
+    "A constant border would become s * value + t: refused (randomize_bn gives every channel a shift), with the kind 'padding'."
+    assert_refused(init_(Padded(CONSTANT_PADS[pad], forward)), x4, bn='bn', kind='padding', example=False)
+
+def test_zero_padding_with_a_zero_shift_folds():
+    "The map fixes 0 where the shift is 0 (mean 0, beta 0): zero padding then commutes with it."
+    m = init_(Padded(nn.ZeroPad2d(1)))
+    randomize_bn(m); m.bn.running_mean.zero_(); m.bn.bias.data.zero_()
+    assert_folded(m, x4, into='conv', randomize=False, example=False)
+
+def test_padding_the_channel_axis_is_refused():
+    "F.pad with 6 values on a 4-D tensor pads the channels too: refused (the padded channels are not the BatchNorm's)."
+    class PadChannels(nn.Module):
+        def __init__(self): super().__init__(); self.conv, self.bn = nn.Conv2d(4, 5, 3), nn.BatchNorm2d(7)
+        def forward(self, x): return self.bn(F.pad(self.conv(x), (0, 0, 0, 0, 1, 1), mode='constant'))
+    assert_refused(init_(PadChannels()), x4, bn='bn', kind=('rank', 'padding', 'channels'), example=False)
 
 # ---- pooling ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('pool', [nn.AvgPool2d(2), nn.AvgPool2d(3, 2, padding=1, count_include_pad=False), nn.AdaptiveAvgPool2d(2),
@@ -143,8 +202,10 @@ def test_timm_frozen_batchnormact_is_folded_and_reported():
     timm = pytest.importorskip('timm')
     from timm.layers import FrozenBatchNormAct2d
     m = nn.Sequential(nn.Conv2d(4, 5, 3), FrozenBatchNormAct2d(5))
-    _, report = fold_and_check(init_(m), x4, example=False)   # it broadcasts (1, C, 1, 1): a map on dim 1 only on 4-D input, which the graph can't prove here
-    assert len(report) == 1 and report['1'].kind == 'needs-example-inputs', report
+    # it broadcasts (1, C, 1, 1): a map on dim 1 only on 4-D input, which the graph can't prove here: folded, and the folded model checks it
+    folded, report = fold_and_check(init_(m), x4, example=False)
+    assert len(report) == 1 and report['1'].folded and '4-D' in report['1'].rests_on, report
+    with pytest.raises(Exception, match='fasterbn folded'): folded(x4[0])   # unbatched: the unfolded model broadcasts to another shape
     folded, report = fold_and_check(init_(m), x4)
     assert report['1'].folded and type(folded[1]) is nn.ReLU, report
 
