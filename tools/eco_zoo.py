@@ -557,22 +557,23 @@ def run_models(specs, args, jsonl: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- report
 
-LIB_NAMES = {'transformers': 'Hugging Face transformers', 'smp': 'segmentation_models_pytorch', 'monai': 'MONAI (3-D)',
-             'speechbrain': 'speechbrain (1-D)', 'ultralytics': 'ultralytics', 'fastai': 'fastai'}
+LIB_NAMES = {'transformers': 'transformers', 'smp': 'smp', 'monai': 'MONAI (3-D)', 'speechbrain': 'speechbrain (1-D)',
+             'ultralytics': 'ultralytics', 'fastai': 'fastai'}   # smp: segmentation_models_pytorch
 
 def _inexact(r) -> bool: return any((r.get(k) or {}).get('exact') is False for k in ('check', 'check_noinputs'))
 def _guarded(r) -> bool: return any((r.get(k) or {}).get('guarded') for k in ('check', 'check_noinputs'))
 
-def summary_row(name, rs, all_rs) -> str:
+def summary_rows(name, rs, all_rs) -> tuple[str, str]:
+    "One library's line in the summary table and in the problems table."
     ok = [r for r in rs if r['status'] == 'ok']
     n = sum(r['bn'] for r in ok)
     fw, fn, fu = (sum(f(r) for r in ok) for f in (lambda r: r['folded'], lambda r: r['noinputs']['folded'], lambda r: r['fuse_folded']))
     own = [r for r in ok if r.get('own')]
     own_s = f"{sum(r['own']['folded'] for r in own)} / {sum(r['bn'] for r in own)}" if own else '–'
     fails = Counter(r['status'] for r in all_rs if r['status'] not in ('ok', 'no-bn'))
-    return (f"| {name} | {len(ok)} | {n} | {fw} ({pct(fw, n)}) | {fn} ({pct(fn, n)}) | {fu} ({pct(fu, n)}) | {own_s} | "
-            f"{sum(_inexact(r) for r in ok)} | {sum(_guarded(r) for r in ok)} | {sum(len(r['missing']) for r in ok)} | "
-            f"{fails.pop('crash', 0)} | {', '.join(f'{v} {k}' for k, v in sorted(fails.items())) or 0} |")
+    return (f"| {name} | {len(ok)} | {n} | {fw} ({pct(fw, n)}) | {fn} ({pct(fn, n)}) | {fu} ({pct(fu, n)}) | {own_s} |",
+            f"| {name} | {sum(_inexact(r) for r in ok)} | {sum(_guarded(r) for r in ok)} | {sum(len(r['missing']) for r in ok)} | "
+            f"{sum(bool(r['missing']) for r in ok)} | {fails.pop('crash', 0)} | {', '.join(f'{v} {k}' for k, v in sorted(fails.items())) or 0} |")
 
 def kinds_table(ok, key) -> list[str]:
     kinds, models, example, pats = Counter(), defaultdict(set), {}, defaultdict(Counter)
@@ -599,13 +600,15 @@ def render(jsonl: Path) -> str:
         out.append(f"- run time {run['wall_s'] / 60:.0f} min; 1-minute load average {run['load_start']:.1f} at the start, "
                    f"{run['load_end']:.1f} at the end (2 = both cores busy)")
     libs = [l for l in LIB_NAMES if any(r['lib'] == l for r in recs)]
-    out += ['', '## Summary', '',
-            '| library | models | BatchNorms | folded with inputs | without inputs | fx `fuse` | own fuser | inexact | guarded | '
-            'missing rows | crashes | other failures |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-    for l in libs: out.append(summary_row(LIB_NAMES[l], [r for r in ok if r['lib'] == l], [r for r in recs if r['lib'] == l]))
-    out.append(summary_row('**all**', ok, recs))
+    rows = [summary_rows(LIB_NAMES[l], [r for r in ok if r['lib'] == l], [r for r in recs if r['lib'] == l]) for l in libs]
+    rows.append(summary_rows('**all**', ok, recs))
+    out += ['', '## Summary', '', '| library | models | BatchNorms | folded with inputs | without inputs | fx `fuse` | own fuser |',
+            '|---|---:|---:|---:|---:|---:|---:|'] + [a for a, _ in rows]
+    out += ['', '| library | inexact | guarded | missing rows | models missing rows | crashes | other failures |',
+            '|---|---:|---:|---:|---:|---:|---|'] + [b for _, b in rows]
     nobn = [r['id'] for r in recs if r['status'] == 'no-bn']
-    out += ['', 'models: those that ran to the end, with a BatchNorm' + (f" ({len(nobn)} more had none: {', '.join(nobn)})" if nobn else '')
+    out += ['', 'transformers: Hugging Face transformers; smp: segmentation_models_pytorch. '
+            'Models: those that ran to the end, with a BatchNorm' + (f" ({len(nobn)} more had none: {', '.join(nobn)})" if nobn else '')
             + '. BatchNorms: modules holding `running_mean` and `running_var`, whatever their class. With inputs: `BN_Folder().fold(model, '
             'example_inputs=x)` with the model\'s declared input at batch 2; without: `BN_Folder().fold(model)`. fx `fuse`: '
             '`torch.fx.experimental.optimization.fuse` (0 where fx cannot trace the model). Own fuser: the library\'s own '
@@ -639,25 +642,23 @@ def render(jsonl: Path) -> str:
     if miss:
         out += ['', '## BatchNorms with no row in the report', '', '| model | missing | BatchNorm classes in the model | first missing |', '|---|---:|---|---|']
         out += [f"| {i} | {len(m)} | {', '.join(f'{k} {v}' for k, v in c.items())} | `{m[0]}` |" for i, m, c in miss]
-    out += ['', '## Per model', '', '| model | params | BN | with inputs | without | fx `fuse` | own | error (example) | error (other size) | '
-            'missing | fold s | input, other |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-    for r in recs:
+    out += ['', '## Per model', '', '| model | BN | with inputs | without | fx `fuse` | own | float64 error | missing | fold s |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for r in recs:   # parameters, input shapes, reasons and both errors of each fold are in the .jsonl
         if r['status'] == 'no-bn': continue
-        p = f"{r['params'] / 1e6:.1f} M" if r.get('params') else ''
         if r['status'] != 'ok':
-            out.append(f"| {r['id']} | {p} | {r.get('bn', '')} | | | | | {r['status']}: {md(clip(r.get('error', ''), 120))} | | | | |"); continue
-        c, cn = r.get('check') or {}, r.get('check_noinputs') or {}
-        def err(key):
-            vals = [d.get(key) for d in (c, cn) if d]
-            if key == 'err_other' and any(d.get('guarded') for d in (c, cn)): return 'guarded'
-            worst = max((v for v in vals if isinstance(v, (int, float))), default=None)
-            return 'float32 only' if not c else fmt_err(worst) + (' **inexact**' if worst is not None and worst > TOL else '')
+            out.append(f"| {r['id']} | {r.get('bn', '')} | | | | | {r['status']}: {md(clip(r.get('error', ''), 100))} | | |"); continue
+        checks = [d for d in (r.get('check'), r.get('check_noinputs')) if d]
+        worst = max((v for d in checks for v in (d.get('err'), d.get('err_other')) if isinstance(v, (int, float))), default=None)
+        err = 'float32 only' if not checks else fmt_err(worst) + (' **inexact**' if worst > TOL else '') \
+              + (' (guarded)' if any(d.get('guarded') for d in checks) else '')
         own = r['own']['folded'] if r.get('own') else ''
-        out.append(f"| {r['id']} | {p} | {r['bn']} | {r['folded']} | {r['noinputs']['folded']} | {r['fuse_folded']}{' ✗' if r['fuse_error'] else ''} | "
-                   f"{own} | {err('err')} | {err('err_other')} | {len(r['missing']) or ''} | {r['fold_s']:.2f} | {r.get('input')}; {r.get('input_other')} |")
+        out.append(f"| {r['id']} | {r['bn']} | {r['folded']} | {r['noinputs']['folded']} | {r['fuse_folded']}{' ✗' if r['fuse_error'] else ''} | "
+                   f"{own} | {err} | {len(r['missing']) or ''} | {r['fold_s']:.1f} |")
     out += ['', 'BN: BatchNorms in the model; with inputs / without / fx `fuse` / own: how many each folded (✗: fx could not trace the model). '
-            'Errors: the larger of the float64 folds with and without inputs, max|folded − unfolded| / max|unfolded|, on the example '
-            'and on the other input. Missing: BatchNorms with no row in the report.']
+            'Float64 error: the largest of max|folded − unfolded| / max|unfolded| over the folds with and without inputs, each on the '
+            'example and on another batch and size (guarded: the folded model refused the other size with an error of its own). '
+            'Missing: BatchNorms with no row in the report. Fold s: the float32 fold with inputs.']
     return '\n'.join(out) + '\n'
 
 # ---------------------------------------------------------------- main
