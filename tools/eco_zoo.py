@@ -141,6 +141,15 @@ HF = [
     _hf('d_fine', 'DFineForObjectDetection', _DET),
     _hf('deimv2', 'Deimv2ForObjectDetection', _DET),
     _hf('pp_doclayout_v3', 'PPDocLayoutV3ForObjectDetection', _DET),
+    _hf('pp_doclayout_v4', 'PPDocLayoutV4ForObjectDetection', _DET),
+    _hf('groupvit', 'GroupViTModel', ('tokens+image', 8, 100, 3, 64), projection_dim=32, projection_intermediate_dim=64,
+        text_config=dict(model_type='groupvit_text_model', vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(model_type='groupvit_vision_model', hidden_size=32, intermediate_size=64, depths=[1, 1, 1],
+                           num_hidden_layers=3, num_group_tokens=[8, 4, 0], num_output_groups=[8, 4, 4], num_attention_heads=2,
+                           image_size=64, patch_size=16)),
+    _hf('perceiver-conv', 'PerceiverForImageClassificationConvProcessing', ('image', 3, 64, 0), d_latents=64, num_latents=32,
+        num_blocks=1, num_self_attends_per_block=1, num_self_attention_heads=2, num_cross_attention_heads=1, image_size=64),
     *[_hf(name, cls, ('image+tokens', 3, 128, 6, 100), **_TINY_DETR | {'decoder_layers': 2}, encoder_n_points=2, decoder_n_points=2,
           backbone_config=dict(model_type='timm_backbone', backbone='resnet18', features_only=True, use_pretrained_backbone=False,
                                out_indices=[2, 3, 4]),
@@ -247,7 +256,7 @@ def _hf_build(spec):
     import transformers
     cls = getattr(transformers, spec['cls'])
     kw = dict(spec['config'])
-    for key in ('backbone_config', 'text_config', 'decoder_config'):   # sub-configs given as dicts: built by their model type
+    for key in ('backbone_config', 'text_config', 'vision_config', 'decoder_config'):   # sub-configs given as dicts: built by their model type
         if isinstance(kw.get(key), dict):
             sub = dict(kw[key]); kw[key] = transformers.AutoConfig.for_model(sub.pop('model_type'), **sub)
     config = cls.config_class(**kw)
@@ -339,6 +348,9 @@ def make_inputs(spec, batch: int, grow: int, dtype=torch.float32) -> tuple:
     if kind == 'image+tokens':
         c, s, n, vocab = a; s += 32 * grow
         return (rand(batch, c, s, s), torch.randint(1, vocab, (batch, n), generator=g))
+    if kind == 'tokens+image':   # (input_ids, pixel_values): CLIP-style models
+        n, vocab, c, s = a; s += 32 * grow
+        return (torch.randint(3, vocab, (batch, n), generator=g), rand(batch, c, s, s))
     if kind == 'tabular':   # fastai's TabularModel(x_cat, x_cont)
         n_cat, n_cont = a
         cat = torch.stack([torch.randint(0, k, (batch,), generator=g) for k in (10, 5, 7)[:n_cat]], 1)
