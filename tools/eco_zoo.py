@@ -4,8 +4,9 @@
     python tools/eco_zoo.py [--lib LIB ...] [--models PATTERN ...] [--quick] [--jobs 2] [--timeout 300] [--memory 8] [--out bench/]
     python tools/eco_zoo.py --list [--lib LIB]   # the model ids, without running anything
     python tools/eco_zoo.py --render             # rewrite DIR/eco_zoo.md from DIR/eco_zoo.jsonl
+    python tools/eco_zoo.py --update --models 'hf/detr*'   # run these again and replace their lines in the full sweep's files
 
-What runs: about 120 models of Hugging Face transformers (every model type whose modelling code has a BatchNorm or a frozen
+What runs: about 140 models of Hugging Face transformers (every model type whose modelling code has a BatchNorm or a frozen
 BatchNorm, with small configs), segmentation_models_pytorch (each architecture with a few encoders), MONAI (3-D networks
 with batch norm), speechbrain (1-D speech models), ultralytics (YOLO detect/segment/pose/classify/obb and RT-DETR from the
 yaml files it ships) and fastai (unet, vision and tabular learners' models). Each is built from its config with random
