@@ -248,12 +248,6 @@ def test_refused_identity_branch_says_why(case, example):
 
 
 # ---- 8. register_layer trusts the `padding` attribute -----------------------------------------------
-def _register_layer():
-    "fasterbn's registration of a layer class (`fasterbn.graph` today; it may move to `fasterbn.ops`)."
-    try: from fasterbn.graph import register_layer
-    except ImportError: from fasterbn.ops import register_layer
-    return register_layer
-
 class SameConv(nn.Conv2d):
     "Issue: a Conv2d (padding=0) whose forward pads with zeros itself, then calls F.conv2d."
     def forward(self, x): return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -266,16 +260,17 @@ class StaticSamePadConv(nn.Conv2d):
 
 @both
 @pytest.mark.parametrize('cls, kw', [(SameConv, dict()), (StaticSamePadConv, dict(stride=2))], ids=['SameConv', 'StaticSamePadConv'])
-def test_registered_layer_that_pads_zeros_in_forward(cls, kw, example):
-    """BatchNorm (non-zero shift, randomize_bn) -> a conv registered with the default `pads`, that pads zeros in its forward:
-    refused 'padding', or exact. A `register_layer` that has no default (the user must say what the forward pads) passes."""
-    try: registration = _register_layer()(cls)
-    except TypeError: return   # no default pads: a registration cannot trust the attribute without the user saying so
-    try:
-        m = init_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), cls(4, 5, 3, **kw)))
-        assert_refused(m, image(), bn='1', kind='padding', or_folded=True, example=example)
-    finally:
-        if hasattr(registration, 'remove'): registration.remove()
+def test_layer_that_pads_zeros_in_forward(cls, kw, example):
+    """BatchNorm (non-zero shift, randomize_bn) -> a conv that pads zeros in its forward. Unregistered, the trace goes into it and
+    sees the zero padding: refused 'padding'. Registration needs the user to say what its padding fills in (no default that trusts
+    the `padding` attribute), and with 'zeros' it is refused the same way."""
+    from fasterbn.ops import register_layer
+    from fasterbn.rules import Pads
+    m = init_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), cls(4, 5, 3, **kw)))
+    assert_refused(m, image(), bn='1', kind='padding', example=example)
+    with pytest.raises(TypeError): register_layer(cls)
+    with register_layer(cls, pads=lambda conv: Pads.ZEROS):
+        assert_refused(m, image(), bn='1', kind='padding', example=example)
 
 
 # ---- 9. timm SyncBatchNormAct made directly ---------------------------------------------------------

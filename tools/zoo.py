@@ -45,23 +45,23 @@ Outputs: DIR/zoo.jsonl (a `run` line, then one line per model) and DIR/zoo.md. P
 timm families builds all ~1400 timm models on the meta device (about 15 min on two busy cores), so a full sweep reuses
 the model list stored in DIR/zoo.jsonl when it was made with the same timm and torchvision versions (--relist: list again).
 """
-import argparse, datetime, fnmatch, json, math, multiprocessing as mp, os, platform, re, resource, sys, time, warnings
-from multiprocessing.connection import wait
+import argparse, datetime, fnmatch, json, os, platform, re, sys, time, warnings
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import torch, torch.nn as nn, torch.fx as fx
+import torch, torch.nn as nn
 torch.set_num_threads(1)   # before any work: every forked worker inherits one intra-op thread
 import timm, torchvision, torchvision.models as tvm
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torch.fx.experimental.optimization import fuse
 from fasterbn.folder import BN_Folder, randomize_bn
 from fasterbn.ops import is_batchnorm
+from zoo_lib import (TOL, SEED, shape_of, rel_error, outputs, compare, first_line, fx_fuse, perturbed, is_oom,
+                     row_kind, pattern, room_for, run_pool, pct, clip, fmt_err, md)
 
-MAX_PARAMS, TOL, SEED = 60e6, 1e-9, 0
+MAX_PARAMS = 60e6
 SIZES = (64, 96, 128, 160, 192, 224)
 DET_SIZE = 128
 VIDEO = ((4, 32), (8, 64), (16, 112), (16, 224))
@@ -186,88 +186,10 @@ def candidate_inputs(spec, model):
     if task == 'optical_flow': return [(rand(1, 3, s, s), rand(1, 3, s, s)) for s in SIZES]
     return [(rand(2, 3, s, s),) for s in SIZES]
 
-def shape_of(x) -> str:
-    if isinstance(x, torch.Tensor): return 'x'.join(map(str, x.shape))
-    return '[' + ', '.join(shape_of(t) for t in x) + ']' if isinstance(x, (list, tuple)) else type(x).__name__
-
-def tensors(out) -> list:
-    "Every tensor in a model output (tensor, list/tuple, dict, or an object holding tensors)."
-    if isinstance(out, torch.Tensor): return [out]
-    if isinstance(out, dict): return [t for v in out.values() for t in tensors(v)]
-    if isinstance(out, (list, tuple)): return [t for v in out for t in tensors(v)]
-    return [t for v in vars(out).values() for t in tensors(v)] if hasattr(out, '__dict__') else []
-
-def rel_error(out, ref) -> float:
-    "Max over output tensors of max|out - ref| / max|ref| (NaN/inf count as equal where both agree)."
-    a, b = tensors(out), tensors(ref)
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)): return math.inf
-    worst = 0.
-    for x, y in zip(a, b):
-        x, y = x.double(), y.double()
-        diff = torch.where((x == y) | (x.isnan() & y.isnan()), 0., (x - y).abs())
-        scale = y[y.isfinite()].abs().max().item() if y.isfinite().any() else 0.
-        worst = max(worst, diff.max().item() / scale if scale else diff.max().item()) if diff.numel() else worst
-    return worst
-
 # A detector's final boxes are thresholded, sorted and NMS-ed: with random weights often none are left, and near-tied scores
 # (1e-16 apart) swap places, so its exactness is measured on its dense stages instead; the final output's error is kept as information.
 PROBES = ('backbone', 'rpn.head', 'roi_heads.box_head', 'roi_heads.box_predictor', 'roi_heads.mask_head',
           'roi_heads.mask_predictor', 'roi_heads.keypoint_head', 'roi_heads.keypoint_predictor', 'head')
-
-@torch.no_grad()
-def outputs(model, x, probes=()) -> dict:
-    "{'output': the model's output} plus the outputs of the `probes` submodules it has (hooked for this call only: fasterbn leaves hooked modules alone)."
-    seen, hooks = {}, []
-    for name in probes:
-        try: sub = model.get_submodule(name)
-        except AttributeError: continue
-        hooks.append(sub.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o)))
-    try: out = model(*x)
-    finally:
-        for h in hooks: h.remove()
-    return {'output': out, **seen}
-
-def compare(out: dict, ref: dict) -> float:
-    "`rel_error` over the probed stages when there are any, else over the output."
-    keys = [k for k in ref if k != 'output'] or ['output']
-    return rel_error([out.get(k) for k in keys], [ref[k] for k in keys]) if all(k in out for k in keys) else math.inf
-
-def first_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {msg[0] if msg else ""}'[:300]
-
-def bn_refs(gm: fx.GraphModule, bn_names: set) -> tuple[set, int]:
-    "BatchNorms a graph still uses: called as modules or with their tensors read (inlined), and functional calls of no BatchNorm module."
-    used, loose = set(), 0
-    for n in gm.graph.nodes:
-        if n.op == 'call_module' and n.target in bn_names: used.add(n.target)
-        if n.op == 'get_attr' and (owner := n.target.rpartition('.')[0]) in bn_names: used.add(owner)
-    for n in gm.graph.nodes:
-        if n.op == 'call_function' and n.target in (nn.functional.batch_norm, torch.batch_norm):
-            owners = {a.target.rpartition('.')[0] for a in n.all_input_nodes if a.op == 'get_attr'}
-            loose += not (owners & used)
-    return used, loose
-
-def fx_fuse(model, bn_names):
-    "fx `fuse`: (BatchNorms it folded, the fused module or None, error)."
-    try:
-        gm = fx.symbolic_trace(model)
-        before, _ = bn_refs(gm, bn_names)
-        fused = fuse(gm, no_trace=True)   # fuse deep-copies `gm` and traces nothing again
-        after, loose = bn_refs(fused, bn_names)
-        return max(len(before) - len(after) - loose, 0), fused, ''
-    except Exception as e: return 0, None, first_line(e)
-
-@torch.no_grad()
-def perturbed(model: nn.Module) -> nn.Module:
-    "`model` with every floating-point parameter and buffer multiplied by (1 + 2**-53 * N(0, 1)): about one rounding error each."
-    g = torch.Generator().manual_seed(SEED + 1)
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.is_floating_point(): t.mul_(1 + 2**-53 * torch.randn(t.shape, generator=g, dtype=t.dtype))
-    return model
-
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or "can't allocate memory" in str(e)
 
 def measure(spec) -> dict:
     "Everything the sweep records about one model."
@@ -339,108 +261,6 @@ def measure(spec) -> dict:
     rec['wall_s'] = round(time.perf_counter() - t_start, 1)
     return rec
 
-# ---------------------------------------------------------------- why not folded: a short kind
-
-_KIND_TEXT = [  # (substring of the reason, kind), first match wins; for reports that have no `kind` field yet
-    ('torch.fx could not trace', 'untraceable'), ('never called', 'not-called'), ('may do more than normalize', 'bn-subclass'),
-    ('track_running_stats', 'batch-stats'), ('training mode', 'training'), ('non-finite', 'non-finite'), ('overflow', 'overflow'),
-    ('pass example_inputs', 'needs-example-inputs'), ('so it is not a plain', 'layer-subclass'), ('pads with zeros', 'zero-padding'),
-    ('is a ConvTranspose', 'convtranspose-shift'), ('-D tensor', 'linear-rank'), ('-D: Linear', 'linear-rank'),
-    ('sites', 'multi-call'), ('read directly', 'read-directly'), ('several names', 'aliased'), ('shares', 'shared-tensors'),
-    ('parametrization', 'parametrized'), ('hooks', 'hooks'), ('lazy', 'lazy'), ('across `cat`', 'cat'), ('across `add`', 'add'),
-    ('is also used by', 'shared-output'), ('used by several nodes', 'shared-output'), ('used by nothing', 'unused-output'),
-    ('channels, `', 'channel-mismatch'), ('not a multiple', 'channel-mismatch'), ('does not flatten', 'reshape'),
-    ('a flattened tensor', 'reshape'), ('`cat`', 'cat')]
-_PRIORITY = ['needs-example-inputs', 'layer-subclass', 'zero-padding', 'convtranspose-shift', 'linear-rank', 'multi-call',
-             'read-directly', 'aliased', 'shared-tensors', 'parametrized', 'hooks', 'lazy', 'channel-mismatch', 'cat', 'add',
-             'shared-output', 'unused-output']
-_ACT = re.compile(r'relu|gelu|silu|swish|sigmoid|tanh|mish|elu|softplus|hardtanh|glu|activation|act\d*$|^act', re.I)
-
-def _neighbour(text: str) -> str|None:
-    "The op named in 'comes from X' / 'goes to X': a module's class, a function's or a method's name."
-    m = re.search(r'(?:comes from|goes to|not the input of) (.*?)(?:, not|$)', text)
-    if not m: return None
-    what = m.group(1)
-    if what.startswith('the input'): return 'input'
-    if cls := re.search(r'\(([A-Za-z_][\w.]*)\)$', what): return cls.group(1)
-    name = re.match(r'`\.?([\w.]+)', what)
-    return name.group(1).removesuffix('()') if name else what
-
-def _side(text: str) -> tuple[str, str]:
-    "(kind, op) of one side of a reason; op names the module class or function involved, e.g. ('shared-output', 'shared-output(ReLU)')."
-    for sub, kind in _KIND_TEXT:
-        if sub in text:
-            cls = re.search(r'`[^`]*` \(([A-Za-z_]\w*)\)', text)
-            return kind, f'{kind}({cls.group(1)})' if cls else kind
-    op = _neighbour(text) or 'other'
-    if op == 'input': return 'model-input', 'input'
-    if _ACT.search(op): return 'activation', op
-    if 'pool' in op.lower() or op in ('mean', 'adaptive_avg_pool2d'): return 'pool', op
-    if op in ('flatten', 'view', 'reshape', 'reshape_as', 'permute', 'transpose', 'squeeze', 'unsqueeze', 'contiguous', 'getitem', 'chunk', 'split', 'roll'):
-        return 'reshape', op
-    if op in ('add', 'iadd', 'sub', 'mul', 'imul', 'truediv', 'matmul'): return 'arithmetic', op
-    if 'BatchNorm' in op or 'Norm' in op: return 'norm', op
-    return 'other-op', op
-
-def _sides(reason: str) -> list[tuple[str, str]]:
-    if reason.startswith('forward: '):
-        fwd, _, bwd = reason[len('forward: '):].partition('; backward: ')
-        return [_side(fwd.split('. To fold it')[0])] + ([_side(bwd.split('. To fold it')[0])] if bwd else [])
-    return [_side(reason)]
-
-def reason_kind(reason: str) -> str:
-    "A short category for a not-folded reason: the most specific of its forward and backward blockers."
-    kinds = [k for k, _ in _sides(reason)]
-    return min(kinds, key=lambda k: _PRIORITY.index(k) if k in _PRIORITY else len(_PRIORITY))
-
-def pattern(reason: str) -> str:
-    "What surrounds the BatchNorm, e.g. 'cat -> BN -> ReLU' (forward blocker before, backward blocker after)."
-    sides = _sides(reason)
-    if not reason.startswith('forward: '): return sides[0][1]
-    return f'{sides[0][1]} -> BN' + (f' -> {sides[1][1]}' if len(sides) > 1 else '')
-
-def row_kind(row) -> str: return getattr(row, 'kind', '') or reason_kind(row.reason)
-
-# ---------------------------------------------------------------- workers
-
-def room_for(params: int):
-    """Raise this worker's cap for a model whose float64 pass needs more than `--memory`: three float64 sets of its weights (the
-    model, the folded weights computed before any is written, which an in-place fold must keep until it can no longer be undone,
-    and slack) plus 4 GiB. Only regnet_y_128gf (644 M parameters) needs it; the cap exists against runaway models, not large ones."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
-    need = vm + 3 * 8 * params + 4 * 2**30
-    if soft != resource.RLIM_INFINITY and need > soft:
-        resource.setrlimit(resource.RLIMIT_AS, (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
-
-def _child(fn, arg, conn, memory_gb):
-    torch.set_num_threads(1)
-    if memory_gb:   # a cap on this worker's address space, above what the imports already mapped (the hard limit stays: see `room_for`)
-        vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (vm + int(memory_gb * 2**30), resource.getrlimit(resource.RLIMIT_AS)[1]))
-    try: res = {'value': fn(arg)}
-    except BaseException as e: res = {'error': first_line(e)}
-    conn.send(res); conn.close()
-    os._exit(0)   # skip the parent's atexit handlers
-
-def run_pool(tasks, jobs, timeout, memory_gb):
-    "Run (fn, arg) tasks in forked processes, `jobs` at a time; yield (task, {'value': ...} | {'error'|'timeout'|'died': ...})."
-    ctx, pending, running = mp.get_context('fork'), list(tasks), {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            task = pending.pop(0)
-            r, w = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_child, args=(*task, w, memory_gb), daemon=True); p.start(); w.close()
-            running[p] = (task, r, time.monotonic())
-        wait([r for _, r, _ in running.values()] + [p.sentinel for p in running], timeout=1)
-        for p, (task, r, t0) in list(running.items()):
-            if r.poll(): res = r.recv()
-            elif not p.is_alive(): res = {'died': f'process exited with code {p.exitcode}'}
-            elif time.monotonic() - t0 > timeout: p.kill(); res = {'timeout': f'over {timeout} s'}
-            else: continue
-            p.join(); r.close(); del running[p]
-            yield task, res
-
 def last_specs(jsonl: Path) -> list[dict]|None:
     "The models of the last full sweep, if it ran with these timm and torchvision versions: listing the families takes minutes."
     try: run = json.loads(jsonl.read_text().splitlines()[0])['run']
@@ -479,8 +299,6 @@ def _spec(s: dict) -> dict: return {k: v for k, v in s.items() if k != 'reused_l
 
 # ---------------------------------------------------------------- report
 
-def _pct(a, b): return f'{100 * a / b:.1f}%' if b else '-'
-
 def render(jsonl: Path) -> str:
     lines = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
     run = next((l['run'] for l in lines if 'run' in l), {})
@@ -499,7 +317,7 @@ def render(jsonl: Path) -> str:
                    f"{run['load_start']:.1f} at the start, {run['load_end']:.1f} at the end (2 = both cores busy)")
     out += ['', '## Summary', '', '| models | BatchNorms | fasterbn folded | fx `fuse` folded | inexact folds (> 1e-9) | fuse folds more | crashes | time-outs | other failures |',
             '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-            f"| {len(ok)} | {bns} | {fb} ({_pct(fb, bns)}) | {fu} ({_pct(fu, bns)}) | {len(inexact)} | {len(more)} | "
+            f"| {len(ok)} | {bns} | {fb} ({pct(fb, bns)}) | {fu} ({pct(fu, bns)}) | {len(inexact)} | {len(more)} | "
             f"{sum(r['status'] == 'crash' for r in recs)} | {sum(r['status'] == 'timeout' for r in recs)} | {sum(r['status'] in ('error', 'died', 'oom') for r in recs)} |", '']
     out.append(f"Totals count the {len(ok)} models that ran to the end; {len(bad)} did not (listed below)"
                + (f", {sum(r['status'] == 'no-bn' for r in recs)} had no BatchNorm" if any(r['status'] == 'no-bn' for r in recs) else '') + '.')
@@ -508,7 +326,7 @@ def render(jsonl: Path) -> str:
     out += ['', '| source | models | BatchNorms | fasterbn | fx `fuse` |', '|---|---:|---:|---:|---:|']
     for s, rs in sorted(by_src.items()):
         n = sum(r['total'] for r in rs)
-        out.append(f"| {s} | {len(rs)} | {n} | {_pct(sum(r['folded'] for r in rs), n)} | {_pct(sum(r['fuse_folded'] for r in rs), n)} |")
+        out.append(f"| {s} | {len(rs)} | {n} | {pct(sum(r['folded'] for r in rs), n)} | {pct(sum(r['fuse_folded'] for r in rs), n)} |")
     if inexact or more or bad or f32:
         out += ['', '## Findings', '']
         out += [f"- **inexact**: `{r['id']}` relative error {r['rel_err']:.3g}" + (f"; one rounding of every weight of the unfolded model moves its "
@@ -516,7 +334,7 @@ def render(jsonl: Path) -> str:
                 + (f", and running it in channels_last memory format (the same weights, its sums in another order) by {r['order_noise']:.3g}"
                    if isinstance(r.get('order_noise'), float) else '') + ': its float64 noise floor' for r in inexact]
         out += [f"- checked in float32 only (its float64 forward fails: {r['float64_error']}): `{r['id']}` relative error {r['rel_err']:.3g}" for r in f32]
-        out += [f"- fx `fuse` folds more: `{r['id']}` {r['fuse_folded']} vs {r['folded']} (fuse's float64 error {_fmt_err(r.get('fuse_rel_err'))})" for r in more]
+        out += [f"- fx `fuse` folds more: `{r['id']}` {r['fuse_folded']} vs {r['folded']} (fuse's float64 error {fmt_err(r.get('fuse_rel_err'))})" for r in more]
         out += [f"- {r['status']}: `{r['id']}`{' at ' + r['stage'] if r.get('stage') else ''}: {r.get('error', '')}" for r in bad]
     kinds, models, example = Counter(), defaultdict(set), {}
     pats = defaultdict(Counter)
@@ -529,7 +347,7 @@ def render(jsonl: Path) -> str:
     for k, n in kinds.most_common():
         m, nf = example[k]
         common = '; '.join(f'`{p}` {c}' for p, c in pats[k].most_common(3))
-        out.append(f"| {k} | {n} | {len(models[k])} | {common} | `{m}` `{nf['bn']}`: {_md(_clip(nf['reason'], 220))} |")
+        out.append(f"| {k} | {n} | {len(models[k])} | {common} | `{m}` `{nf['bn']}`: {md(clip(nf['reason'], 220))} |")
     out += ['', '## Per model', '', '| model | params | BN | fasterbn | fx `fuse` | error | fold s |', '|---|---:|---:|---:|---:|---:|---:|']
     for r in recs:   # family, input size, backward folds and the reasons are in the .jsonl
         if r['status'] == 'no-bn': continue
@@ -537,22 +355,12 @@ def render(jsonl: Path) -> str:
         if r['status'] == 'ok':
             flag = ' **inexact**' if r['exact'] is False else ' (float32)' if r['exact'] is None else ''
             out.append(f"| {r['id']} | {p} | {r['total']} | {r['folded']} | {r['fuse_folded']}{' ✗' if r['fuse_error'] else ''} | "
-                       f"{_fmt_err(r['rel_err'])}{flag} | {r['fold_s']:.2f} |")
+                       f"{fmt_err(r['rel_err'])}{flag} | {r['fold_s']:.2f} |")
         else:
-            out.append(f"| {r['id']} | {p} | {r.get('bn', '')} | | | {r['status']}: {_md(r.get('error', ''))[:120]} | |")
+            out.append(f"| {r['id']} | {p} | {r.get('bn', '')} | | | {r['status']}: {md(r.get('error', ''))[:120]} | |")
     out += ['', 'BN: BatchNorms in the model; fasterbn, fx `fuse`: how many each folded (✗: fx could not trace the model, so `fuse` folds none). '
             'Error: max over output tensors of max|folded − unfolded| / max|unfolded|, both in float64; a failed model shows its status there.']
     return '\n'.join(out) + '\n'
-
-def _clip(s: str, n: int) -> str:
-    "At most about `n` characters, cut between words and outside code spans."
-    if len(s) <= n: return s
-    s = s[:n].rsplit(' ', 1)[0]
-    if s.count('`') % 2: s = s[:s.rindex('`')].rstrip()
-    return s + ' …'
-
-def _fmt_err(e) -> str: return f'{e:.1e}' if isinstance(e, (int, float)) else str(e)
-def _md(s: str) -> str: return s.replace('|', '\\|').replace('\n', ' ')
 
 # ---------------------------------------------------------------- main
 
