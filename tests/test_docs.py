@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BROWSER = next((shutil.which(b) for b in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(b)), None)
 WIDTHS = {1280: 900, 390: 844}   # a laptop and a phone: width -> height of the window
-PAGES = {'index', 'fold_math', 'graph', 'folder', 'callback', 'cli', 'demo', 'benchmark', 'contributing'}
+PAGES = {'index', 'fold_math', 'graph', 'folder', 'callback', 'files', 'cli', 'demo', 'benchmark', 'deploy', 'contributing'}
 
 def _env():
     return dict(os.environ, PATH=f'{BIN}{os.pathsep}{os.environ.get("PATH", "")}', PYTHON=sys.executable)
