@@ -36,6 +36,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -c "import fasterai" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]" $(TORCH_PINS) || echo "fasterai could not be installed: its rows will say so"
+	$(BIN)/python tools/deploy_bench.py --check
 	$(BIN)/python tools/benchmark.py
 	$(BIN)/python tools/deploy_bench.py
 

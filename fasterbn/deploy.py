@@ -439,6 +439,7 @@ def deploy_main(argv: list|None=None, # command-line arguments (default `sys.arg
     p.add_argument('--out', metavar='FILE', help=f'the markdown results ({where})')
     p.add_argument('--jsonl', metavar='FILE', help='the raw records, one JSON object a line')
     p.add_argument('--quiet', action='store_true', help='no progress on stderr')
+    p.add_argument('--check', action='store_true', help='only check the requirements and where the results go, then exit (make bench does this first)')
     argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     models = a.models or (QUICK_DEPLOY_MODELS if a.quick else DEPLOY_MODELS)
@@ -452,6 +453,7 @@ def deploy_main(argv: list|None=None, # command-line arguments (default `sys.arg
             if path is not None: check_writable(path, what)
     except CLIError as e:
         print(f'{prog}: error: {e}', file=sys.stderr); return 1
+    if a.check: return 0
     repeats, warmup = (min(a.repeats, 3), 1) if a.quick else (a.repeats, a.warmup)
     load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     recs = run_deploy(models, batch_sizes=a.batch_sizes, repeats=repeats, warmup=warmup, quick=a.quick, progress=not a.quiet)

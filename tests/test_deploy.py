@@ -54,6 +54,7 @@ def test_partial_runs_write_only_where_asked(tmp_path, fake_run):
 
 def test_checks_before_running(tmp_path, fake_run, capsys, monkeypatch):
     "A missing package or an unwritable target: one line on stderr, status 1, and the benchmark never starts."
+    assert deploy.deploy_main(['--check'], project=tmp_path) == 0 and list(tmp_path.iterdir()) == []   # checks, then stops
     (tmp_path/'file').write_text('')
     assert deploy.deploy_main(['--out', str(tmp_path/'file'/'deploy.md')]) == 1
     err = capsys.readouterr().err
