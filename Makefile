@@ -12,7 +12,7 @@ help:
 	@echo "make demo   set up .venv, train on digits, fold, compare"
 	@echo "make test   set up .venv, check notebooks and package agree, run every test"
 	@echo "make docs   build the docs site into _docs/ and README.md (no Quarto needed)"
-	@echo "make bench  print the folding benchmark table, write bench/results.md and nbs/images/benchmark.png"
+	@echo "make bench  the folding benchmark (bench/results.md, nbs/images/benchmark.png), then the deployment one (bench/deploy.md)"
 	@echo "make zoo    both sweeps below (slow; ZOO_ARGS=--quick to try either)"
 	@echo "make zoo-timm  fold every timm family and torchvision model with a BatchNorm, write bench/zoo.md"
 	@echo "make zoo-eco   fold ~140 models of transformers, smp, MONAI, speechbrain, ultralytics, fastai, write bench/eco_zoo.md"
@@ -38,7 +38,9 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -c "import fasterai" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]" $(TORCH_PINS) || echo "fasterai could not be installed: its rows will say so"
+	$(BIN)/python tools/deploy_bench.py --check
 	$(BIN)/python tools/benchmark.py
+	$(BIN)/python tools/deploy_bench.py
 
 # Not part of `make test`: about half an hour each on two cores. tools/zoo.py --help and tools/eco_zoo.py --help list ZOO_ARGS
 # (both take --quick, --models, --jobs, --timeout, --memory, --out; eco_zoo.py also --lib).

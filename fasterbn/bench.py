@@ -16,7 +16,7 @@ from .folder import BN_Folder, randomize_bn, interleaved_times, latency_ratio
 from .check import flat_outputs as _flat_outputs, to_double as _to_double
 from .facts import first_line as _first_line
 from .ops import is_batchnorm
-from .cli import CLIError, _write_atomic
+from .files import CLIError, check_writable, write_atomic
 
 
 # %% auto #0
@@ -326,7 +326,7 @@ def write_results(rows: list[dict], # as returned by `run_bench`
     "Write `results_text` to a markdown file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     text = results_text(rows, command, plot, notes)
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -416,20 +416,11 @@ def plot_bench(rows: list[dict], # as returned by `run_bench`
         fig.tight_layout(rect=(0, .03, 1, 1 - 1.1 / fig.get_figheight()))
     if path is not None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
     return fig
 
 
 # %% ../nbs/13_benchmark.ipynb #1595745b
-def _check_target(path: Path, what: str):
-    "Fail with a `CLIError` unless `path` can be written (its missing folders created); nothing is written."
-    if str(path).endswith(('/', os.sep)) or path.is_dir(): raise CLIError(f'{what} {path} is a directory: name a file')
-    anc = path.parent
-    while not anc.exists(): anc = anc.parent
-    if not anc.is_dir(): raise CLIError(f'cannot write {what} {path}: {anc} is not a directory')
-    try: tempfile.TemporaryFile(dir=anc).close()
-    except OSError as e: raise CLIError(f'cannot write {what} {path}: cannot create a file in {anc} ({e.strerror or e})') from None
-
 def _positive_ints(s: str) -> tuple:
     try: v = tuple(int(b) for b in s.split(','))
     except ValueError: v = ()
@@ -473,7 +464,7 @@ def bench_main(argv: list|None=None, # command-line arguments (default `sys.argv
     if a.no_write: out = plot = None
     try:   # before the run, which takes minutes
         for path, what in ((out, 'results file'), (plot, 'figure')):
-            if path is not None: _check_target(path, what)
+            if path is not None: check_writable(path, what)
     except CLIError as e:
         print(f'{prog}: error: {e}', file=sys.stderr); return 1
     models = a.models or (FOLD_TIME_MODELS if a.fold_only else None)

@@ -17,15 +17,13 @@ from rich.table import Table
 from . import __version__
 from .folder import BN_Folder, FoldReport, randomize_bn, fold_error, interleaved_times, latency_ratio
 from .folder import bn_replacement
+from .files import CLIError, write_atomic as _write_atomic
 
 # %% auto #0
-__all__ = ['FOLDED_FORMAT', 'CLIError', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'check_out', 'save_folded',
-           'load_folded', 'report_table', 'max_difference', 'latency_line', 'fold_cmd', 'bench_needs', 'main']
+__all__ = ['FOLDED_FORMAT', 'parse_shape', 'build_arch', 'Loaded', 'load_model', 'check_out', 'save_folded', 'load_folded',
+           'report_table', 'max_difference', 'latency_line', 'fold_cmd', 'bench_needs', 'main']
 
 # %% ../nbs/11_cli.ipynb #812b0ef2
-class CLIError(Exception):
-    "A failure the user can fix: `main` prints its message on one line and exits with status 1."
-
 _PIP_NAMES = {'sklearn': 'scikit-learn'}
 
 def _missing(*modules: str) -> list[str]:
@@ -218,29 +216,6 @@ def check_out(out: str, # the `-o` value
         raise CLIError(f'-o {out} is the input file {model}: writing would replace its unfolded weights; '
                        'choose another -o, or pass --force to replace it')
     return p
-
-def _new_file_mode() -> int:
-    umask = os.umask(0); os.umask(umask)
-    return 0o666 & ~umask
-
-def _write_atomic(out: str|Path, write):
-    "Call `write(tmp)` on a temporary file beside `out`, then rename it over `out`: `out` is the old file or the whole new one."
-    out = Path(out)
-    mode = stat.S_IMODE(out.stat().st_mode) if out.is_file() else _new_file_mode()
-    existed = out.exists()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())   # on disk before the rename, so a crash cannot leave an empty OUT
-        os.chmod(tmp, mode)
-        os.replace(tmp, out)
-    except BaseException as e:
-        with contextlib.suppress(OSError): os.unlink(tmp)
-        if isinstance(e, OSError):
-            left = f'{out} is unchanged' if existed else 'nothing was written'
-            raise CLIError(f'cannot write {out}: {e.strerror or e}; {left}') from None
-        raise
 
 # %% ../nbs/11_cli.ipynb #820ac2dd
 def save_folded(ld: Loaded, # what `load_model` returned

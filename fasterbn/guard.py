@@ -56,7 +56,7 @@ class FoldGuard:
     "A forward pre-hook that keeps a folded root to inputs on which its folds hold: it plans them again for each new input signature."
     def __init__(self, root: str, # the root's qualified name, for messages
                  valued: bool, # traced with the example's values (else symbolically)
-                 folds: dict, # local name of each folded BatchNorm -> what it folds (`fold_key`)
+                 folds: dict, # local name of each folded BatchNorm -> what it folds (*fold_key*)
                  bns: dict, # local name of each folded BatchNorm -> a copy of it, as it was
                  texts: list, # what the folds rest on, in words
                  verified: set, # input signatures already verified (the example's)
