@@ -214,6 +214,8 @@ class Outside:
     blind: str|None = None                             # an untraceable ancestor, whose own uses no graph shows
     recorder: object = None                            # a `Recorder` run of the whole model on example_inputs, if any
     checked: bool = False                              # an ancestor's output is checked on example_inputs, which covers this root
+    blinds: tuple = ()                                 # (untraceable ancestor, the name of its child on the way to the root), outermost first
+    on_values: bool = False                            # an untraceable ancestor branches on the input's values: a run shows one path only
 
 class GraphFacts:
     "What the folding rules need to know about a traced `root`: modules, call sites, reads, memory, ranks, channels, shapes."
@@ -582,10 +584,11 @@ def attribute_reads(self, local: str, replaced: bool) -> list[str]:
     return sorted(a for a in self.attr_reads.get(local, ()) if a in names)
 
 @patch_to(GraphFacts)
-def inspections(self, local: str) -> int:
-    "How many more times the forward looked up module `local` through its parent than it called it."
+def inspections(self, local: str, calls: int|None=None) -> int:
+    "How many more times the forward looked up module `local` through its parent than it ran it (`calls`, default: its call sites)."
     parent, _, attr = local.rpartition('.')
-    return max(0, self.attr_reads.get(parent, {}).get(attr, 0) - self.calls[local])
+    runs = self.calls[local] if calls is None else calls
+    return max(0, self.attr_reads.get(parent, {}).get(attr, 0) - runs)
 
 @patch_to(GraphFacts)
 def use_problem(self, m: nn.Module, local: str, replaced: bool, via: fx.Node|None=None) -> Reason|None:
@@ -638,7 +641,7 @@ def _functional_problem(self, local: str, via: fx.Node) -> Reason|None:
     reads = self.attr_reads.get(local, {})
     if any(reads.get(a, 0) > 1 for a in ('weight', 'bias')):
         return Reason('read', f'the forward reads {what}.weight or .bias more than once')
-    if self.inspections(local):
+    if self.inspections(local, calls=1):   # its forward, traced into, ran once
         return Reason('inspected', f'the forward looks {what} up more often than it runs it')
     return None
 
@@ -660,6 +663,11 @@ def outside_problem(self, local: str, calls: int) -> Reason|None:
     if o.blind is None:
         return None
     blind = o.blind or '<model>'
+    if o.blinds and all(only_calls(type(a), attr, type(a._modules[attr]).forward is nn.Module.forward) for a, attr in o.blinds):
+        return None   # every untraceable ancestor's code only calls the child on the way here: all uses go through forwards we traced
+    if o.on_values:
+        return Reason('path', f'`{blind}` branches on the input\'s values and its code does more than call the module on the way to `{q}`: '
+                              'another input may use it otherwise than example_inputs did')
     if rec is None:
         return Reason('needs-example-inputs', f'`{blind}` does not trace, so `{o.root}` was planned alone, and fasterbn cannot see '
                                               f'whether `{blind}` also uses `{q}`: pass example_inputs')
@@ -671,6 +679,77 @@ def outside_problem(self, local: str, calls: int) -> Reason|None:
         return Reason('outside-use', f'on example_inputs `{q}` runs {total} times, and `{o.root}` calls it {ours} times: '
                                      f'the rest come from `{blind}` or another caller, which no graph shows')
     return None
+
+# %% ../nbs/03_facts.ipynb #da19d346
+_WALKERS = {'modules', 'children', 'named_modules', 'named_children', 'parameters', 'named_parameters', 'buffers', 'named_buffers',
+            'state_dict', 'apply', '_modules', '_parameters', '_buffers', '__dict__', 'get_submodule', 'get_parameter', 'to', 'type'}
+
+@functools.lru_cache(maxsize=None)
+def only_calls(cls: type, # the parent's class
+               attr: str, # the name of its child
+               container: bool=False, # the child is a list or dict of modules (no forward of its own): its elements may be called
+              ) -> bool:
+    "Does the code of `cls.forward` (and of the methods of its own it calls) use `self.<attr>` only to call it (or, a container, its elements)?"
+    import ast, inspect, textwrap
+    todo, done = ['forward'], set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        fn = inspect.getattr_static(cls, name, None)
+        fn = fn.fget if isinstance(fn, property) else getattr(fn, '__func__', fn)
+        if not callable(fn) or getattr(fn, '__module__', '').startswith('torch.nn.modules.module'):
+            return False
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        except (OSError, TypeError, SyntaxError):
+            return False   # no source to read (a C function, a lambda in a string...)
+        fdef = tree.body[0]
+        if not isinstance(fdef, (ast.FunctionDef, ast.AsyncFunctionDef)) or not fdef.args.args:
+            return False
+        me = fdef.args.args[0].arg
+        parent = {c: p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+        called = set()   # loop variables bound to the modules `self.<attr>` holds
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name) and n.id == 'super':
+                return False   # a base class's forward may use the child otherwise
+            if not (isinstance(n, ast.Name) and n.id == me):
+                continue
+            up = parent.get(n)
+            if not (isinstance(up, ast.Attribute) and up.value is n):
+                return False   # `self` itself passed on, returned or aliased
+            use = parent.get(up)
+            if up.attr == attr:
+                if isinstance(use, ast.Call) and use.func is up:
+                    continue                               # self.attr(...)
+                if container and isinstance(use, ast.Subscript) and isinstance(parent.get(use), ast.Call) and parent[use].func is use:
+                    continue                               # self.attr[i](...)
+                if container and isinstance(use, ast.Call) and isinstance(use.func, ast.Name) and use.func.id == 'len':
+                    continue                               # len(self.attr)
+                loop = use if container and isinstance(use, ast.For) else None
+                if isinstance(use, ast.Call) and isinstance(use.func, ast.Name) and use.func.id == 'enumerate':
+                    loop = parent.get(use) if isinstance(parent.get(use), ast.For) else None
+                if loop is not None and loop.iter in (up, use):
+                    target = loop.target.elts[-1] if isinstance(loop.target, ast.Tuple) else loop.target
+                    if isinstance(target, ast.Name):
+                        called.add((id(loop), target.id))
+                        continue
+                return False
+            if up.attr in _WALKERS:
+                return False
+            if isinstance(use, ast.Call) and use.func is up and callable(inspect.getattr_static(cls, up.attr, None)):
+                todo.append(up.attr)                       # a method of its own: read it too
+            elif isinstance(inspect.getattr_static(cls, up.attr, None), property):
+                todo.append(up.attr)
+        for loop in (p for p in ast.walk(tree) if isinstance(p, ast.For)):
+            for _, var in [c for c in called if c[0] == id(loop)]:
+                for n in ast.walk(loop):
+                    if isinstance(n, ast.Name) and n.id == var and n is not loop.target and n not in getattr(loop.target, 'elts', ()):
+                        use = parent.get(n)
+                        if not (isinstance(use, ast.Call) and use.func is n):
+                            return False           # a held module used otherwise than called
+    return True
 
 # %% ../nbs/03_facts.ipynb #04aaab3d
 class Recorder:

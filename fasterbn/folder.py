@@ -18,14 +18,14 @@ from .fold_math import fold_layer, new_parameter, cast_like
 from .rules import Reason, Rules, Side, Direction, in_channels, out_channels, is_fold_layer
 from .ops import default_rules, is_batchnorm
 from .trace import Trace, trace, value_trace
-from .facts import GraphFacts, ModelFacts, Outside, Recorder, first_line
+from .facts import GraphFacts, ModelFacts, Outside, Recorder, first_line, guard_depends_on_values
 from .plan import Planner, Decision
 from .check import fold_error, references, verify, replay, flat_outputs
 from .report import FoldReport, FoldRow, report_rows, scripted_bn
 from .guard import guards_for
 
 # %% auto #0
-__all__ = ['randomize_bn', 'unwrap', 'bn_replacement', 'BN_Folder', 'interleaved_times', 'latency_ratio']
+__all__ = ['randomize_bn', 'unwrap', 'declared_inputs', 'bn_replacement', 'BN_Folder', 'interleaved_times', 'latency_ratio']
 
 # %% ../nbs/09_folder.ipynb #e6286f85
 @torch.no_grad()
@@ -127,21 +127,26 @@ def plan_model(model: nn.Module, # the model, in eval mode
             call = None
         else:
             call = (example_inputs, {}) if not prefix else recorder.inputs.get(id(root))
-        traced = None
+        traced, on_values = None, outside.on_values
         if type(root).forward is not nn.Module.forward:   # a ModuleList/ModuleDict is never called: its parent's evidence stands
             try:
                 traced = trace(root, rules)
             except Exception as e:
                 plan.untraceable[name] = first_line(e)
                 traced = _value_traced(root, call, rules, recorder)
-                if traced is not None:
+                on_values = traced == 'on-values'
+                if on_values:
+                    traced = None
+                elif traced is not None:
                     del plan.untraceable[name]
         if traced is None:
-            blind = outside.blind if type(root).forward is nn.Module.forward else name
+            container = type(root).forward is nn.Module.forward
+            blind = outside.blind if container else name
             for child_name, child in root.named_children():
                 if _needs_own_trace(child, rules):
                     q = f'{prefix}{child_name}'
-                    visit(child, q + '.', Outside(q, outside.calls, outside.reads, blind, recorder, checked=outside.checked))
+                    blinds = outside.blinds if container else (*outside.blinds, (root, child_name))
+                    visit(child, q + '.', Outside(q, outside.calls, outside.reads, blind, recorder, outside.checked, blinds, on_values))
             return
         inputs = call[0] if call is not None else None
         facts = GraphFacts(root, traced, rules, inputs, model_facts, outside, prefix)
@@ -161,13 +166,41 @@ def plan_model(model: nn.Module, # the model, in eval mode
             calls = outside.calls + Counter({id(facts.modules[t]): facts.calls[t] for t in inside if facts.calls[t]})
             reads = outside.reads | {id(facts.modules[t]) for t in inside if facts.reads[t]}
             checked = outside.checked or inputs is not None
-            visit(facts.modules[target], facts.qual(target) + '.', Outside(facts.qual(target), calls, reads, outside.blind, recorder, checked))
+            visit(facts.modules[target], facts.qual(target) + '.',
+                  Outside(facts.qual(target), calls, reads, outside.blind, recorder, checked, outside.blinds, outside.on_values))
     visit(model, '', Outside('', recorder=recorder))
     return plan
 
+# %% ../nbs/09_folder.ipynb #cdc9f868
+def declared_inputs(model: nn.Module, # the model to fold
+                    batch: int=2, # rows of the batch
+                   ) -> tuple|None: # its positional inputs, or None if it declares none
+    "A batch of inputs made from what a model declares about them: a Hugging Face model's `main_input_name` and config, timm's `input_size`."
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if isinstance(cfg, dict) and isinstance(cfg.get('input_size'), (tuple, list)):   # timm: (channels, height, width)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        return (torch.randn(batch, *cfg['input_size'], generator=torch.Generator().manual_seed(0)).to(dtype),)
+    config, name = getattr(model, 'config', None), getattr(model, 'main_input_name', None)
+    if config is None or not isinstance(name, str) or not hasattr(config, 'to_dict'):
+        return None
+    g = torch.Generator().manual_seed(0)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if name == 'pixel_values':
+        size = getattr(config, 'image_size', 224)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        return (torch.randn(batch, getattr(config, 'num_channels', 3), h, w, generator=g).to(dtype),)
+    if name == 'input_ids' and isinstance(getattr(config, 'vocab_size', None), int):
+        return (torch.randint(0, config.vocab_size, (batch, 8), generator=g),)
+    if name == 'input_values':
+        return (torch.randn(batch, getattr(config, 'sampling_rate', 16000) or 16000, generator=g).to(dtype),)
+    if name == 'input_features' and isinstance(getattr(config, 'num_mel_bins', None), int):
+        return (torch.randn(batch, 64, config.num_mel_bins, generator=g).to(dtype),)
+    return None
+
 # %% ../nbs/09_folder.ipynb #bada218b
-def _value_traced(root: nn.Module, call: tuple|None, rules: Rules, recorder) -> Trace|None:
-    "`root` traced with the values of its inputs, if it has inputs, traces so, and calls every module as often as the recorded run did."
+def _value_traced(root: nn.Module, call: tuple|None, rules: Rules, recorder) -> Trace|str|None:
+    """`root` traced with the values of its inputs, if it has inputs, traces so, and calls every module as often as the recorded run did;
+    'on-values' if its forward branches on the input's values where BatchNorms are used."""
     if call is None or recorder is None:
         return None
     try:
@@ -179,6 +212,11 @@ def _value_traced(root: nn.Module, call: tuple|None, rules: Rules, recorder) -> 
     for target, c in counts.items():
         if recorder.calls[id(root.get_submodule(target))] != c * runs:
             return None   # the traced path is not the one eager mode took (or the module is also called from elsewhere)
+    bns = [n.target for n in traced.graph.nodes if n.op == 'call_module' and rules.is_batchnorm(root.get_submodule(n.target))]
+    guards = {id(g) for g in traced.guards if guard_depends_on_values(g)}
+    facts = GraphFacts(root, traced, rules)
+    if any(id(g) in guards for g in facts.guards_over(bns)):
+        return 'on-values'   # a branch on the input's values where BatchNorms are used: planned child by child, on what the code shows
     return traced
 
 # %% ../nbs/09_folder.ipynb #7648b089
@@ -377,8 +415,15 @@ class BN_Folder:
         "Fold `model`'s BatchNorms; the report is in `self.report`."
         if not isinstance(model, nn.Module):
             raise TypeError(f'BN_Folder.fold needs an nn.Module, got {type(model).__name__}')
+        inputs, note = as_inputs(example_inputs), None
+        if inputs is None:
+            inputs = declared_inputs(unwrap(model))
+            if inputs is not None:
+                shapes = ', '.join(str(tuple(x.shape)) for x in inputs)
+                what = getattr(unwrap(model), 'main_input_name', 'input_size')
+                note = f'example_inputs made from what the model declares (`{what}`: {shapes})'
         with _collector_paused():
-            return self._fold(model, inplace, as_inputs(example_inputs), verbose)
+            return self._fold(model, inplace, inputs, verbose, note)
 
     def _copy(self, model: nn.Module, plan: Plan, updates: dict, rules: Rules, exact: bool) -> nn.Module:
         "A deep copy of `model` that takes the new weights, and each folded BatchNorm's replacement, instead of copies of the old ones."
@@ -398,7 +443,7 @@ class BN_Folder:
         except Exception as e:
             raise TypeError(f'cannot deep-copy the model ({first_line(e)}): fold a copy you make, or pass inplace=True') from None
 
-    def _fold(self, model, inplace, example_inputs, verbose):
+    def _fold(self, model, inplace, example_inputs, verbose, note=None):
         model, rules = unwrap(model), self.rules or default_rules()
         modes, journal = {m: m.training for m in model.modules()}, []
         try:   # plan and compute on `model` itself, in eval mode: tracing and runs leave no trace, and nothing is edited yet
@@ -417,6 +462,10 @@ class BN_Folder:
             if plan.replays:
                 def retrace(root, traced):
                     leaves = [getattr(m, a) for m, a, old in journal if isinstance(old, nn.Module) and rules.is_batchnorm(old)]
+                    name = next(n for n, (t, _) in plan.traces.items() if t is traced)
+                    call = plan.traces[name][1]
+                    if traced.guards is not None:   # traced with the example's values: traced so again
+                        return value_trace(root, call[0], rules, leaves, traced.closed, kwargs=call[1]).graph
                     return trace(root, rules, leaves, traced.closed).graph
                 replay(model, work, plan.decisions, plan.replays, journal, apply, undo_folds, compute_updates, retrace)
             if refs:
@@ -433,7 +482,7 @@ class BN_Folder:
             for m, mode in modes.items():
                 m.training = mode
         work.eval()
-        self.report = FoldReport(report_rows(work, plan.decisions, plan.untraceable, rules), plan.untraceable, plan.notes)
+        self.report = FoldReport(report_rows(work, plan.decisions, plan.untraceable, rules), plan.untraceable, plan.notes + [note] * bool(note))
         if self.verbose if verbose is None else verbose:
             print(self.report)
         return work

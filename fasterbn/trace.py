@@ -216,9 +216,11 @@ class ValueTracer(FoldTracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
         node.meta['calls'] = tuple(self.stack)
-        if kind == 'placeholder':   # a parameter of forward, or `name_0` for one fixed to a value (fx checks it)
-            name = target if target in self.values else target.rpartition('_')[0]
-            node.meta['value'] = self.values[name]
+        if kind == 'placeholder':   # a parameter of forward, `name_0` for one fixed to a value (fx checks it), or `*args`/`**kwargs`
+            if target.startswith('*'):
+                node.meta['value'] = {} if target.startswith('**') else ()
+            else:
+                node.meta['value'] = self.values[target if target in self.values else target.rpartition('_')[0]]
         elif kind == 'get_attr':
             node.meta['value'] = _attribute(self.root, target)
         elif kind != 'output':

@@ -140,7 +140,7 @@ class HookedChildParent(nn.Module):
 @pytest.mark.parametrize('use', ['call_conv', 'call_bn', 'read_weight', 'read_running_mean', 'conv_forward'])
 def test_untraceable_parent_uses_childs_layers(use, example):
     "The parent's own use of the conv or the BatchNorm forbids the fold; without example_inputs the untraceable parent is unknown."
-    kinds = ('outside-use', 'read', 'reused') + (() if example else ('needs-example-inputs',))
+    kinds = ('outside-use', 'read', 'reused') + (('path',) if example else ('needs-example-inputs',))   # 'path': it branches on values
     _, report = assert_refused(UntraceableParent(use), x4, bn='block.bn', kind=kinds, example=example)
     assert not has_negative_number(reasons(report)), reasons(report)
 
@@ -166,7 +166,7 @@ class GrandParent(nn.Module):
 
 @both
 def test_grandparent_reuses_grandchilds_conv(example):
-    kinds = ('outside-use', 'read', 'reused') + (() if example else ('needs-example-inputs',))
+    kinds = ('outside-use', 'read', 'reused') + (('path',) if example else ('needs-example-inputs',))   # 'path': it branches on values
     _, report = assert_refused(GrandParent(), x4, bn='mid.block.bn', kind=kinds, example=example)
     assert not has_negative_number(reasons(report)), reasons(report)
 
@@ -178,11 +178,9 @@ class CleanUntraceableParent(nn.Module):
 
 def test_untraceable_parent_without_example_inputs_says_they_would_help():
     "A clean untraceable parent: without example_inputs the parent's uses are unknown; if refused, the reason must ask for them."
-    _, report = assert_refused(CleanUntraceableParent(), x4, bn='block.bn', kind='needs-example-inputs', or_folded=True, example=False)
-    row = report['block.bn']
-    assert row.folded or 'example_inputs' in row.reason, row.reason
-    # with them: the parent branches on the input's values, and another input could take a path that uses `block` otherwise
-    assert_refused(CleanUntraceableParent(), x4, bn='block.bn', kind='path')
+    # its code only calls `block`, whatever the branch on values decides: every use of `block.bn` goes through `block`'s graph
+    for example in (False, True):
+        assert_folded(CleanUntraceableParent(), x4, bns='block.bn', into='block.conv', example=example)
 
 
 # ---- 4. modules also held in plain Python containers -----------------------------------------------
